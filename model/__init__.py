@@ -1,0 +1,27 @@
+"""ALPRO network, checkpoint conversion and pre-processing. Imports none of the other packages."""
+
+from .alpro import AlproModel
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_fingerprint,
+    convert_official_state_dict,
+    export_official_state_dict,
+    load_model,
+    load_official_checkpoint,
+    load_pretrained,
+    save_official_checkpoint,
+)
+from .config import PRESETS, AlproConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig, preset_config
+
+
+def create_model(preset: str = "base", **overrides) -> AlproModel:
+    """A randomly initialised model (eval mode) from a named preset (`base`, `tiny`) with overrides."""
+    return AlproModel(preset_config(preset, **overrides))
+
+
+__all__ = [
+    "AlproConfig", "AlproModel", "CheckpointError", "ConfigError", "PRESETS", "PreprocessConfig", "TextConfig",
+    "VisionConfig", "checkpoint_fingerprint", "convert_official_state_dict", "create_model",
+    "export_official_state_dict", "load_model", "load_official_checkpoint", "load_pretrained",
+    "preset_config", "save_official_checkpoint",
+]
