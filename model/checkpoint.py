@@ -12,7 +12,7 @@ import logging
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Mapping, Union
 
 import torch
 
@@ -130,7 +130,8 @@ def export_official_state_dict(model: AlproModel) -> dict[str, torch.Tensor]:
     """Native model -> flat state dict with the reference's key names, loadable by the reference code."""
     config = model.config
     bert = _official_text_prefix(config)
-    native = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    native = {k: v.detach() for k, v in model.state_dict().items()}
+    device = model.temp.device
     out: dict[str, torch.Tensor] = {}
     for key, value in native.items():
         official = _rename(key, NATIVE_TO_OFFICIAL).replace("{bert}", bert)
@@ -143,10 +144,10 @@ def export_official_state_dict(model: AlproModel) -> dict[str, torch.Tensor]:
             continue
         sub_bert = "bert." if prefix else bert
         v = sub.vision
-        out[f"{prefix}visual_encoder.model.head.weight"] = torch.zeros(v.num_classes, v.embed_dim)
-        out[f"{prefix}visual_encoder.model.head.bias"] = torch.zeros(v.num_classes)
+        out[f"{prefix}visual_encoder.model.head.weight"] = torch.zeros(v.num_classes, v.embed_dim, device=device)
+        out[f"{prefix}visual_encoder.model.head.bias"] = torch.zeros(v.num_classes, device=device)
         out[f"{prefix}text_encoder.{sub_bert}embeddings.position_ids"] = torch.arange(
-            sub.text.max_position_embeddings).unsqueeze(0)
+            sub.text.max_position_embeddings, device=device).unsqueeze(0)
         if sub.mlm_head:
             out[f"{prefix}text_encoder.cls.predictions.decoder.weight"] = out[
                 f"{prefix}text_encoder.{sub_bert}embeddings.word_embeddings.weight"]
@@ -262,13 +263,12 @@ def resize_embeddings(state_dict: dict[str, torch.Tensor], config: AlproConfig) 
 
 
 def load_state_dict_strict(model: AlproModel, state_dict: Mapping[str, torch.Tensor],
-                           source: str = "checkpoint", names: Mapping[str, str] | None = None) -> None:
-    """Load or raise CheckpointError listing every missing, unexpected and mis-shaped key."""
+                           source: str = "checkpoint", name: Callable[[str], str] = str) -> None:
+    """Load or raise CheckpointError listing every missing, unexpected and mis-shaped key (as `name` shows it)."""
     expected = model.state_dict()
-    names = names or {}
-    missing = sorted(names.get(k, k) for k in expected if k not in state_dict)
-    unexpected = sorted(names.get(k, k) for k in state_dict if k not in expected)
-    mismatched = sorted(f"{names.get(k, k)}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+    missing = sorted(name(k) for k in expected if k not in state_dict)
+    unexpected = sorted(name(k) for k in state_dict if k not in expected)
+    mismatched = sorted(f"{name(k)}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
                         for k, v in state_dict.items() if k in expected and v.shape != expected[k].shape)
     if missing or unexpected or mismatched:
         lines = [f"{source} does not fit the model:"]
@@ -280,8 +280,11 @@ def load_state_dict_strict(model: AlproModel, state_dict: Mapping[str, torch.Ten
     model.load_state_dict(state_dict, strict=True)
 
 
-def _native_to_official_names(official_keys: list[str]) -> dict[str, str]:
-    return {_rename(k, OFFICIAL_TO_NATIVE): k for k in official_keys}
+def _official_namer(official_keys: list[str]):
+    """native key -> the official name it had in this checkpoint (or would have had, for a missing key)."""
+    known = {_rename(k, OFFICIAL_TO_NATIVE): k for k in official_keys}
+    bert = "bert." if any(".bert." in k for k in official_keys) else ""
+    return lambda key: known.get(key) or _rename(key, NATIVE_TO_OFFICIAL).replace("{bert}", bert)
 
 
 def read_state_dict(checkpoint: Union[PathLike, Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -316,7 +319,7 @@ def load_official_checkpoint(checkpoint: Union[PathLike, Mapping[str, torch.Tens
     resized by nearest interpolation), and any AlproConfig field (e.g. `answers`, `max_text_len`).
     """
     official = read_state_dict(checkpoint)
-    names = _native_to_official_names(list(official))
+    name = _official_namer(list(official))
     native = convert_official_state_dict(official)
     bert = read_bert_config(bert_config)
     config = infer_config(native, bert, vision_num_heads=int(overrides.pop("vision_num_heads", 12)))
@@ -325,7 +328,7 @@ def load_official_checkpoint(checkpoint: Union[PathLike, Mapping[str, torch.Tens
     native = resize_embeddings(native, config)
     model = AlproModel(config)
     source = str(checkpoint) if not isinstance(checkpoint, Mapping) else "checkpoint"
-    load_state_dict_strict(model, native, source=source, names=names)
+    load_state_dict_strict(model, native, source=source, name=name)
     return model.eval()
 
 
@@ -333,7 +336,9 @@ def save_official_checkpoint(model: AlproModel, path: PathLike) -> Path:
     """Write the official flat state dict (tied tensors shared, as the reference saves them)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(export_official_state_dict(model), path)
+    moved: dict[int, torch.Tensor] = {}  # keep tied tensors shared after the move to CPU
+    state_dict = {k: moved.setdefault(id(v), v.cpu()) for k, v in export_official_state_dict(model).items()}
+    torch.save(state_dict, path)
     return path
 
 

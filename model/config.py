@@ -163,7 +163,7 @@ _SUBCONFIGS = {"vision": VisionConfig, "text": TextConfig, "preprocess": Preproc
 def apply_overrides(config: AlproConfig, **overrides: Any) -> AlproConfig:
     """Apply keyword overrides: top-level names, or `vision_num_heads=4`-style prefixed sub-fields.
 
-    `num_frames` and `img_size` are shortcuts for the vision fields of the same name.
+    `num_frames`, `img_size` (vision) and `max_text_len` (preprocess) are shortcuts for sub-fields.
     """
     top: dict[str, Any] = {}
     subs: dict[str, dict[str, Any]] = {name: {} for name in _SUBCONFIGS}
@@ -171,6 +171,9 @@ def apply_overrides(config: AlproConfig, **overrides: Any) -> AlproConfig:
     for key, value in overrides.items():
         if key in ("num_frames", "img_size"):
             subs["vision"][key] = value
+            continue
+        if key == "max_text_len":
+            subs["preprocess"][key] = value
             continue
         if key in top_fields and key not in _SUBCONFIGS:
             top[key] = tuple(value) if key == "answers" else value

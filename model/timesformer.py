@@ -77,7 +77,7 @@ class VideoEncoder(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, config.num_patches + 1, dim))
         self.time_embed = nn.Parameter(torch.zeros(1, config.num_frames, dim))
-        rates = torch.linspace(0, config.drop_path_rate, config.depth).tolist()
+        rates = [config.drop_path_rate * i / max(config.depth - 1, 1) for i in range(config.depth)]
         self.blocks = nn.ModuleList(DividedSpaceTimeBlock(config, rate) for rate in rates)
         self.norm = nn.LayerNorm(dim, eps=config.layer_norm_eps)
         self.grad_checkpointing = False

@@ -1,0 +1,29 @@
+"""Dependency direction: model imports none of the other packages; nothing imports service."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGES = ("model", "training", "indexer", "service")
+
+
+def imported_packages(package: str) -> set[str]:
+    found = set()
+    for path in (ROOT / package).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found & set(PACKAGES)
+
+
+def test_model_imports_no_other_package():
+    assert imported_packages("model") <= {"model"}
+
+
+def test_nothing_imports_service():
+    for package in ("model", "training", "indexer"):
+        assert "service" not in imported_packages(package), package

@@ -1,0 +1,140 @@
+"""The network's public API on random tiny models: shapes, norms, autocast, checkpointing, presets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model import AlproConfig, ConfigError, create_model, preset_config
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return create_model("tiny", num_answers=5)
+
+
+def clip(config: AlproConfig, batch: int = 2) -> torch.Tensor:
+    v = config.vision
+    return torch.randn(batch, v.num_frames, 3, v.img_size, v.img_size)
+
+
+def text(batch: int = 2, length: int = 7):
+    ids = torch.randint(1000, 30000, (batch, length))
+    ids[:, 0] = 101
+    mask = torch.ones_like(ids)
+    mask[0, 4:] = 0  # padding in the first row
+    ids[0, 4:] = 0
+    return ids, mask
+
+
+def test_presets_keep_the_real_vocabulary():
+    for name in ("base", "tiny"):
+        assert preset_config(name).text.vocab_size == 30522
+    base = preset_config("base")
+    assert (base.vision.embed_dim, base.vision.depth, base.vision.num_heads, base.vision.num_frames,
+            base.vision.img_size) == (768, 12, 12, 8, 224)
+    assert (base.text.num_layers, base.text.fusion_layer, base.embed_dim) == (12, 6, 256)
+    assert preset_config("tiny", vision_num_heads=2, num_frames=3).vision.num_frames == 3
+    with pytest.raises(ConfigError, match="unknown model override"):
+        preset_config("tiny", colour="red")
+    with pytest.raises(ConfigError, match="unknown preset"):
+        preset_config("huge")
+    with pytest.raises(ConfigError, match="must equal"):
+        preset_config("tiny", vision_embed_dim=32, vision_num_heads=4)
+
+
+@torch.no_grad()
+def test_public_api_shapes_and_norms(tiny):
+    video = clip(tiny.config)
+    ids, mask = text()
+    v, t = tiny.encode_video(video), tiny.encode_text(ids, mask)
+    assert v.shape == (2, 256) and t.shape == (2, 256)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(t.norm(dim=-1), torch.ones(2))
+    assert tiny.vtm_logits(video, ids, mask).shape == (2, 2)
+    assert tiny.answer_logits(video, ids, mask).shape == (2, 5)
+    assert tiny.temperature == pytest.approx(0.07)
+    n = tiny.config.vision.num_patches
+    assert tiny.video_tokens(video).shape == (2, 1 + n, 64)
+
+
+@torch.no_grad()
+def test_padding_does_not_change_the_text_embedding(tiny):
+    ids, mask = text(batch=1, length=5)
+    padded_ids = torch.cat([ids, torch.zeros(1, 6, dtype=ids.dtype)], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(1, 6, dtype=mask.dtype)], dim=1)
+    torch.testing.assert_close(tiny.encode_text(ids, mask), tiny.encode_text(padded_ids, padded_mask),
+                               atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_batch_rows_are_independent(tiny):
+    video = clip(tiny.config, batch=3)
+    together = tiny.encode_video(video)
+    alone = torch.cat([tiny.encode_video(video[i:i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_frame_order_matters_through_time_embed():
+    torch.manual_seed(1)
+    model = create_model("tiny")
+    torch.nn.init.normal_(model.visual_encoder.time_embed, std=0.5)
+    video = clip(model.config)
+    assert not torch.allclose(model.encode_video(video), model.encode_video(video.flip(1)), atol=1e-4)
+
+
+def test_wrong_video_shape_is_a_clear_error(tiny):
+    with pytest.raises(ValueError, match=r"video must be \(B, 2, 3, 32, 32\)"):
+        tiny.encode_video(torch.randn(1, 3, 3, 32, 32))
+    with pytest.raises(RuntimeError, match="no MLM head|no PEM head"):
+        create_model("tiny", mlm_head=False).mlm_logits(torch.randn(1, 3, 64))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_autocast(tiny, dtype):
+    video = clip(tiny.config)
+    ids, mask = text()
+    reference = tiny.encode_video(video), tiny.encode_text(ids, mask), tiny.vtm_logits(video, ids, mask)
+    with torch.autocast("cpu", dtype=dtype):
+        low = tiny.encode_video(video), tiny.encode_text(ids, mask), tiny.vtm_logits(video, ids, mask)
+    for a, b in zip(reference, low):
+        assert torch.isfinite(b).all()
+        torch.testing.assert_close(b.float(), a, atol=0.1, rtol=0.1)
+
+
+def training_loss(model, video, ids, mask):
+    video_tokens = model.video_tokens(video)
+    text_tokens = model.text_tokens(ids, mask)
+    sim = model.similarity(model.video_features(video_tokens), model.text_features(text_tokens))
+    vtm = model.vtm_logits_from_tokens(video_tokens, text_tokens, mask)
+    mlm = model.mlm_logits(model.fuse(video_tokens, text_tokens, mask)[:, : ids.shape[1]])
+    return sim.logsumexp(-1).mean() + vtm.square().mean() + mlm.square().mean() * 1e-3
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(2)
+    model = create_model("tiny", vision_drop_path_rate=0.0, text_hidden_dropout=0.0, text_attention_dropout=0.0)
+    model.train()
+    video = clip(model.config)
+    ids, mask = text()
+    grads = []
+    for enabled in (False, True):
+        model.zero_grad()
+        model.set_grad_checkpointing(enabled)
+        training_loss(model, video, ids, mask).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 50
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_pretraining_model_has_prompter_and_pem():
+    model = create_model("tiny", num_entities=10)
+    assert model.prompter is not None and model.prompter.video_prompt_feat.shape == (10, 256)
+    fused_video = torch.randn(2, 1 + model.config.vision.num_patches, 64)
+    patch_mask = torch.zeros(2, model.config.vision.num_patches)
+    patch_mask[:, :2] = 1
+    assert model.pem_logits(fused_video, patch_mask).shape == (2, 10)
