@@ -11,6 +11,7 @@ from .checkpoint import (
     load_pretrained,
     save_official_checkpoint,
 )
+from .pretrained_init import create_model_from_pretrained, init_text_from_bert, init_video_from_vit
 from .config import PRESETS, AlproConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig, preset_config
 
 
@@ -22,6 +23,7 @@ def create_model(preset: str = "base", **overrides) -> AlproModel:
 __all__ = [
     "AlproConfig", "AlproModel", "CheckpointError", "ConfigError", "PRESETS", "PreprocessConfig", "TextConfig",
     "VisionConfig", "checkpoint_fingerprint", "convert_official_state_dict", "create_model",
+    "create_model_from_pretrained", "init_text_from_bert", "init_video_from_vit",
     "export_official_state_dict", "load_model", "load_official_checkpoint", "load_pretrained",
     "preset_config", "save_official_checkpoint",
 ]
