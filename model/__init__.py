@@ -11,6 +11,10 @@ from .checkpoint import (
     load_pretrained,
     save_official_checkpoint,
 )
+from .decode import VideoDecodeError, VideoError, VideoInfo, decode_clips, decode_frames, open_video, probe_video
+from .preprocess import (Clip, SamplingError, iter_video_clips, load_video, normalize_frames, resize_frames,
+                         sample_frame_indices, window_frame_range)
+from .tokenizer import Tokenizer, TokenizerError
 from .pretrained_init import create_model_from_pretrained, init_text_from_bert, init_video_from_vit
 from .config import PRESETS, AlproConfig, ConfigError, PreprocessConfig, TextConfig, VisionConfig, preset_config
 
@@ -21,6 +25,9 @@ def create_model(preset: str = "base", **overrides) -> AlproModel:
 
 
 __all__ = [
+    "Clip", "SamplingError", "Tokenizer", "TokenizerError", "VideoDecodeError", "VideoError", "VideoInfo",
+    "decode_clips", "decode_frames", "iter_video_clips", "load_video", "normalize_frames", "open_video",
+    "probe_video", "resize_frames", "sample_frame_indices", "window_frame_range",
     "AlproConfig", "AlproModel", "CheckpointError", "ConfigError", "PRESETS", "PreprocessConfig", "TextConfig",
     "VisionConfig", "checkpoint_fingerprint", "convert_official_state_dict", "create_model",
     "create_model_from_pretrained", "init_text_from_bert", "init_video_from_vit",
