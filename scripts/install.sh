@@ -1,19 +1,34 @@
 #!/usr/bin/env bash
-# Create .venv in the repo root and install the project with every extra and the test tools.
-# torch is pinned here (and only here) so pip never resolves it: torch 2.13.0 (CPU) breaks torchvision
-# and so timm; torch 2.14.1 + torchvision 0.29.1 work with timm, on CPU and GPU.
+# Create a virtual environment (.venv in the repo root by default) and install the project.
+# The same script installs CI, the demo and the Docker images, so each of them exercises it.
+#   EXTRAS   extras to install (default: all,test; the images pass only what they need)
+#   VENV     where the environment goes (default: .venv)
+#   FAISS    replace faiss-cpu by this package afterwards (the GPU image: faiss-gpu-cu12)
+#   EDITABLE 1 (default) for `pip install -e`, 0 for a plain install (images)
+# torch is pinned here, in the same pip command as everything that depends on it, so pip never resolves
+# it: torch 2.13.0 (CPU) breaks torchvision and so timm; torch 2.14.1 + torchvision 0.29.1 work with timm.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TORCH_PINS=(torch==2.14.1 torchvision==0.29.1)
 PYTHON="${PYTHON:-python3}"
-stamp=.venv/.installed
-want="$(cat pyproject.toml scripts/install.sh | sha256sum | cut -c1-16)"
+EXTRAS="${EXTRAS:-all,test}"
+VENV="${VENV:-.venv}"
+FAISS="${FAISS:-}"
+EDITABLE="${EDITABLE:-1}"
+stamp="$VENV/.installed"
+want="$( (cat pyproject.toml scripts/install.sh; echo "$EXTRAS $FAISS $EDITABLE") | sha256sum | cut -c1-16)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    echo "install: .venv is up to date"
+    echo "install: $VENV is up to date"
     exit 0
 fi
-[[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "${TORCH_PINS[@]}" -e ".[all,test]"
+[[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+target=".[$EXTRAS]"
+[[ "$EDITABLE" == 1 ]] && target=(-e "$target") || target=("$target")
+"$VENV/bin/python" -m pip install --quiet "${TORCH_PINS[@]}" "${target[@]}"
+if [[ -n "$FAISS" ]]; then
+    "$VENV/bin/python" -m pip uninstall --quiet --yes faiss-cpu
+    "$VENV/bin/python" -m pip install --quiet "${TORCH_PINS[@]}" "$FAISS"
+fi
 echo "$want" > "$stamp"
-echo "install: done"
+echo "install: done ($VENV, extras: $EXTRAS)"
