@@ -1,0 +1,1 @@
+"""Training: ALPRO pre-training and fine-tuning, and the synthetic corpus they run on."""
