@@ -1,0 +1,183 @@
+"""The indexer's reads and writes of the SQL metadata (store.py models), one transaction per change.
+
+Every function takes a Session and commits its own unit of work, so a crash loses at most the video
+being written. Only portable SQL is used (SQLite and PostgreSQL).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterable, Sequence
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from .discover import FoundFile
+from .store import FileHash, Failure, IndexVersion, Segment, Video, utcnow
+
+logger = logging.getLogger(__name__)
+
+_BATCH = 500  # rows per IN (...) list: well under every backend's parameter limit
+
+
+@dataclass(frozen=True)
+class VideoState:
+    """What the database says about an indexed video."""
+
+    id: str
+    path: str
+    pipeline_key: str
+    checkpoint_fingerprint: str
+    num_segments: int
+
+
+def _chunks(items: Sequence, size: int = _BATCH) -> Iterable[Sequence]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def load_hash_cache(session: Session) -> dict[str, tuple[int, int, str]]:
+    rows = session.execute(select(FileHash.path, FileHash.size_bytes, FileHash.mtime_ns, FileHash.video_id))
+    return {path: (size, mtime_ns, vid) for path, size, mtime_ns, vid in rows}
+
+
+def save_hash_cache(session: Session, files: Sequence[FoundFile], ids: dict[str, str],
+                    cached: dict[str, tuple[int, int, str]], forget: Iterable[str] = ()) -> None:
+    """Store new or changed (path -> id) entries and forget paths that are gone."""
+    now = utcnow()
+    changed = [f for f in files if f.path in ids and cached.get(f.path) != (f.size, f.mtime_ns, ids[f.path])]
+    for batch in _chunks(changed):
+        paths = [f.path for f in batch]
+        session.execute(delete(FileHash).where(FileHash.path.in_(paths)))
+        session.add_all(FileHash(path=f.path, size_bytes=f.size, mtime_ns=f.mtime_ns, video_id=ids[f.path],
+                                 hashed_at=now) for f in batch)
+    for batch in _chunks(list(forget)):
+        session.execute(delete(FileHash).where(FileHash.path.in_(batch)))
+    session.commit()
+
+
+def load_videos(session: Session) -> dict[str, VideoState]:
+    counts = dict(session.execute(select(Segment.video_id, func.count(Segment.id)).group_by(Segment.video_id)).all())
+    rows = session.execute(select(Video.id, Video.path, Video.pipeline_key, Video.checkpoint_fingerprint))
+    return {vid: VideoState(vid, path, key, fp, int(counts.get(vid, 0))) for vid, path, key, fp in rows}
+
+
+def load_failures(session: Session) -> dict[str, tuple[int, float]]:
+    return {path: (size, mtime) for path, size, mtime in
+            session.execute(select(Failure.path, Failure.size_bytes, Failure.mtime))}
+
+
+def fingerprints_in_use(session: Session) -> set[str]:
+    return set(session.scalars(select(Video.checkpoint_fingerprint).distinct()))
+
+
+def record_video(session: Session, *, video_id: str, file: FoundFile, all_paths: Sequence[str], info: dict,
+                 starts: Sequence[float], ends: Sequence[float], thumbnails: Sequence[str | None],
+                 fingerprint: str, key: str) -> list[int]:
+    """Insert (or replace) a video with fresh segment rows; clear failures of its paths. Returns segment ids."""
+    video = session.get(Video, video_id)
+    if video is None:
+        video = Video(id=video_id)
+        session.add(video)
+    else:
+        # rows are never edited: new segment rows get new ids, so an older index version cannot
+        # map a vector to a segment it did not embed
+        session.execute(delete(Segment).where(Segment.video_id == video_id))
+        session.expire(video, ["segments"])
+    video.path = file.path
+    video.size_bytes = file.size
+    video.mtime = file.mtime
+    video.duration_s = float(info["duration_s"])
+    video.fps = float(info["fps"])
+    video.width = int(info["width"])
+    video.height = int(info["height"])
+    video.num_frames = int(info["num_frames"])
+    video.codec = str(info.get("codec", ""))
+    video.indexed_at = utcnow()
+    video.checkpoint_fingerprint = fingerprint
+    video.pipeline_key = key
+    segments = [Segment(video_id=video_id, index=i, start_s=float(s), end_s=float(e), thumbnail=t)
+                for i, (s, e, t) in enumerate(zip(starts, ends, thumbnails))]
+    session.add_all(segments)
+    session.execute(delete(Failure).where(Failure.path.in_(list(all_paths))))
+    session.flush()
+    ids = [s.id for s in segments]
+    session.commit()
+    return ids
+
+
+def record_failure(session: Session, file: FoundFile, error_type: str, reason: str) -> None:
+    session.execute(delete(Failure).where(Failure.path == file.path))
+    session.add(Failure(path=file.path, reason=reason[:2000], error_type=error_type[:128], size_bytes=file.size,
+                        mtime=file.mtime, recorded_at=utcnow()))
+    session.commit()
+
+
+def update_paths(session: Session, paths: dict[str, FoundFile]) -> None:
+    """A renamed or moved video keeps its id and rows; only where it was seen changes."""
+    for video_id, file in paths.items():
+        session.execute(update(Video).where(Video.id == video_id)
+                        .values(path=file.path, size_bytes=file.size, mtime=file.mtime))
+    session.commit()
+
+
+def delete_failures(session: Session, paths: Iterable[str]) -> None:
+    for batch in _chunks(list(paths)):
+        session.execute(delete(Failure).where(Failure.path.in_(batch)))
+    session.commit()
+
+
+def delete_videos(session: Session, video_ids: Iterable[str]) -> None:
+    for batch in _chunks(list(video_ids)):
+        # explicit, not only ON DELETE CASCADE: SQLite enforces it only with foreign_keys=ON
+        session.execute(delete(Segment).where(Segment.video_id.in_(batch)))
+        session.execute(delete(Video).where(Video.id.in_(batch)))
+    session.commit()
+
+
+def segments_for_index(session: Session, key: str) -> list[tuple[str, list[int]]]:
+    """(video id, segment ids by index) of every video made with this pipeline key, by video id."""
+    rows = session.execute(
+        select(Segment.video_id, Segment.id)
+        .join(Video, Video.id == Segment.video_id)
+        .where(Video.pipeline_key == key)
+        .order_by(Segment.video_id, Segment.index)
+    )
+    out: list[tuple[str, list[int]]] = []
+    for video_id, seg_id in rows:
+        if not out or out[-1][0] != video_id:
+            out.append((video_id, []))
+        out[-1][1].append(int(seg_id))
+    return out
+
+
+def stale_video_ids(session: Session, key: str) -> list[str]:
+    """Videos embedded under another pipeline key (another checkpoint or segmentation)."""
+    return list(session.scalars(select(Video.id).where(Video.pipeline_key != key)))
+
+
+def next_version(session: Session) -> int:
+    return int(session.scalar(select(func.max(IndexVersion.version))) or 0) + 1
+
+
+def record_version(session: Session, *, version: int, created_at: datetime, fingerprint: str, num_videos: int,
+                   num_segments: int, index_type: str, recall_at_10: float | None) -> None:
+    session.merge(IndexVersion(version=version, created_at=created_at, checkpoint_fingerprint=fingerprint,
+                               num_videos=num_videos, num_segments=num_segments, index_type=index_type,
+                               status="published", recall_at_10=recall_at_10))
+    session.commit()
+
+
+def mark_versions_deleted(session: Session, versions: Iterable[int]) -> None:
+    versions = list(versions)
+    if versions:
+        session.execute(update(IndexVersion).where(IndexVersion.version.in_(versions)).values(status="deleted"))
+        session.commit()
+
+
+__all__ = ["VideoState", "delete_failures", "delete_videos", "fingerprints_in_use", "load_failures",
+           "load_hash_cache", "load_videos", "mark_versions_deleted", "next_version", "record_failure",
+           "record_version", "record_video", "save_hash_cache", "segments_for_index", "stale_video_ids",
+           "update_paths"]

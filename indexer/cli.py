@@ -1,0 +1,113 @@
+"""`alpro-index VIDEOS_DIR --data-dir DIR --checkpoint CKPT`: the indexer's command line.
+
+Exit codes: 0 done; 1 nothing could be indexed (or no video found); 2 bad arguments, unreadable
+checkpoint, or a data dir made with another checkpoint (without --reindex); 3 another indexer holds
+the data dir. Under torchrun every rank runs this same command.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Sequence
+
+from model.checkpoint import CheckpointError
+from model.config import ConfigError
+
+from .datadir import IndexMismatchError
+from .distributed import init_distributed, shutdown_distributed
+from .lock import DataDirLockedError
+from .pipeline import RunSummary, run_index
+from .settings import SettingsError, build_parser, settings_from
+
+logger = logging.getLogger("indexer")
+
+EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+
+
+class _TqdmHandler(logging.StreamHandler):
+    """Log lines that do not tear the progress bar apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # noqa: BLE001 - logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(verbosity: int, rank: int = 0) -> None:
+    level = logging.WARNING if verbosity <= 0 else logging.INFO if verbosity == 1 else logging.DEBUG
+    handler = _TqdmHandler()
+    prefix = f"[rank {rank}] " if rank else ""
+    handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    # replace only our own handler (a second call, or main() run inside a test process)
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h, _TqdmHandler)] + [handler]
+    root.setLevel(logging.WARNING)
+    # our packages at the asked level; third-party libraries stay at warnings
+    for name in ("indexer", "model"):
+        logging.getLogger(name).setLevel(level)
+
+
+def format_summary(summary: RunSummary) -> str:
+    t = summary.timings
+    lines = [
+        f"indexed {summary.indexed}, unchanged {summary.unchanged}, failed {summary.failed}, "
+        f"removed {summary.removed}, missing {summary.missing} (of {summary.found} video files; "
+        f"{summary.skipped} other files skipped)",
+        f"index version {summary.index_version} ({'new' if summary.published else 'unchanged'}): "
+        f"{summary.segments} segments, {summary.index_type}"
+        + (f", recall@10 {summary.recall_at_10:.3f}" if summary.recall_at_10 is not None else ""),
+    ]
+    if summary.decoded:
+        lines.append(
+            f"{summary.decoded} videos in {t.get('pipeline', 0):.1f} s ({summary.videos_per_s:.2f} videos/s); "
+            f"decode {t.get('decode', 0):.1f} s (worker time), encode {t.get('encode', 0):.1f} s, "
+            f"write {t.get('write', 0):.1f} s, encoder idle {t.get('encode_wait', 0):.1f} s; "
+            f"bound by {summary.pipeline.get('bound_by')}"
+        )
+    for failure in summary.failures[:20]:
+        lines.append(f"  failed: {failure['path']}: {failure['reason']}")
+    if summary.missing:
+        lines.append(f"  {summary.missing} indexed videos are missing on disk; --prune drops them")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except SettingsError as e:
+        parser.print_usage(sys.stderr)
+        print(f"alpro-index: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    dist = init_distributed(settings.device)
+    configure_logging(args.verbose, dist.rank)
+    try:
+        summary = run_index(settings, dist=dist)
+    except DataDirLockedError as e:
+        print(f"alpro-index: error: {e}", file=sys.stderr)
+        return EXIT_LOCKED
+    except (IndexMismatchError, CheckpointError, ConfigError, FileNotFoundError) as e:
+        print(f"alpro-index: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    finally:
+        shutdown_distributed(dist)
+    if not dist.is_main:
+        return EXIT_OK
+    if args.json:
+        print(json.dumps(summary.to_dict(), sort_keys=True))
+    else:
+        print(format_summary(summary))
+    if summary.exit_code:
+        print("alpro-index: error: " + ("nothing could be indexed" if summary.found else
+                                        f"no video files found in {settings.videos_dir}"), file=sys.stderr)
+    return summary.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

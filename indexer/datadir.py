@@ -1,0 +1,416 @@
+"""The data directory: published index versions, thumbnails and metadata, and their read API.
+
+Layout (the contract the service reads; the indexer is the only writer):
+
+    DATA_DIR/
+      metadata.sqlite3                   default database (or any SQLAlchemy URL)
+      index/CURRENT                      "v000003": the current version (replaced atomically)
+      index/v000003/                     one published, immutable version
+        manifest.json                    IndexManifest as JSON (plus extra keys readers may ignore)
+        segments.faiss                   faiss IndexIDMap2 over Flat/IVF/HNSW, inner product; ids = Segment.id
+        segments.npz                     ids (int64), video_pos (int32), seg_index (int32), video_ids (str):
+                                         vector id -> (video, segment index), row order of insertion
+        tokens/<video_id>.npy            with --store-tokens: (S, 1+N, D) float16 per video (hard links
+                                         to the indexer's cache, so a version costs no copy)
+      thumbnails/<video_id>/<i>.jpg      middle frame of segment i
+      cache/<pipeline key>/..            per-video embeddings for incremental runs (indexer only)
+      indexer.lock                       held by a running indexer (POSIX lock; dies with the process)
+
+A version directory is written under a temporary name, fsynced and renamed, and only then named in
+CURRENT (itself written to a temporary file and os.replace'd), so a reader never sees a partial version.
+Older versions are deleted after a few newer ones exist; an IndexSnapshot already open keeps working
+(its FAISS index is in memory and token files are memory-mapped, both survive the unlink).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import faiss
+import numpy as np
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from .store import create_engine_for
+
+logger = logging.getLogger(__name__)
+
+DATABASE_ENV = "ALPRO_DATABASE_URL"
+DATABASE_NAME = "metadata.sqlite3"
+INDEX_DIR = "index"
+CURRENT_NAME = "CURRENT"
+MANIFEST_NAME = "manifest.json"
+FAISS_NAME = "segments.faiss"
+SEGMENTS_NAME = "segments.npz"
+TOKENS_DIR = "tokens"
+THUMBNAILS_DIR = "thumbnails"
+CACHE_DIR = "cache"
+LOCK_NAME = "indexer.lock"
+MANIFEST_FORMAT = 1
+_VERSION_RE = re.compile(r"^v(\d{6,})$")
+_OPEN_TOKEN_FILES = 1024  # memory maps kept open per snapshot (vm.max_map_count is finite)
+# Batched flat search is about 5x faster with BLAS from 20 queries up (default threshold 128000).
+FAISS_BLAS_THRESHOLD = 20
+
+
+class IndexNotFoundError(LookupError):
+    """No published index version yet, or the version asked for does not exist (any more)."""
+
+
+class IndexMismatchError(ValueError):
+    """The index was made by a different checkpoint or pre-processing than the one in use."""
+
+
+def version_name(version: int) -> str:
+    return f"v{version:06d}"
+
+
+def parse_version_name(name: str) -> int | None:
+    match = _VERSION_RE.match(name.strip())
+    return int(match.group(1)) if match else None
+
+
+def configure_faiss() -> None:
+    """Process-wide FAISS settings this package relies on (idempotent)."""
+    faiss.cvar.distance_compute_blas_threshold = FAISS_BLAS_THRESHOLD
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """What made a published version and how to search it."""
+
+    version: int
+    created_at: str  # ISO 8601, UTC
+    checkpoint_fingerprint: str  # model.checkpoint_fingerprint of the model that embedded every vector
+    checkpoint: str  # path of that checkpoint when the version was made
+    model_config: dict  # AlproConfig.to_dict(), pre-processing included
+    dim: int  # vector width
+    num_vectors: int
+    num_videos: int
+    index_type: str  # "flat" | "ivf" | "hnsw"
+    metric: str  # "ip": inner product of L2-normalised vectors (cosine)
+    has_tokens: bool  # token features stored (IndexSnapshot.tokens works)
+    recall_at_10: float | None  # measured against exact search at build time; 1.0 for flat
+    segment_seconds: float = 10.0  # target window length of the segments
+    search_params: dict = field(default_factory=dict)  # e.g. {"nprobe": 32} or {"efSearch": 128}
+    token_shape: tuple[int, int] | None = None  # (1 + N, D) per segment when has_tokens
+    format: int = MANIFEST_FORMAT
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "IndexManifest":
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}  # newer writers may add keys
+        if values.get("token_shape") is not None:
+            values["token_shape"] = tuple(values["token_shape"])
+        try:
+            return cls(**values)
+        except TypeError as e:
+            raise IndexNotFoundError(f"manifest lacks required fields: {e}") from e
+
+    @property
+    def preprocess(self) -> dict:
+        """The pre-processing the vectors were made with (frames, size, mean/std, sampling)."""
+        vision = self.model_config.get("vision", {})
+        return {"num_frames": vision.get("num_frames"), "img_size": vision.get("img_size"),
+                **self.model_config.get("preprocess", {})}
+
+    def check_model(self, fingerprint: str, model_config: Mapping[str, Any] | None = None) -> None:
+        """Raise IndexMismatchError unless this index was made by that checkpoint (and pre-processing)."""
+        if fingerprint != self.checkpoint_fingerprint:
+            raise IndexMismatchError(
+                f"index version {self.version} was made with checkpoint {self.checkpoint_fingerprint} "
+                f"({self.checkpoint}), not {fingerprint}; search needs the same checkpoint "
+                f"(or rebuild the index with alpro-index --reindex)"
+            )
+        if model_config is not None:
+            theirs = _preprocess_of(model_config)
+            if theirs != self.preprocess:
+                raise IndexMismatchError(
+                    f"index version {self.version} was made with pre-processing {self.preprocess}, "
+                    f"the model in use has {theirs}"
+                )
+
+
+def _preprocess_of(model_config: Mapping[str, Any]) -> dict:
+    vision = model_config.get("vision", {})
+    pre = dict(model_config.get("preprocess", {}))
+    for key in ("mean", "std"):
+        if key in pre:
+            pre[key] = list(pre[key])
+    return {"num_frames": vision.get("num_frames"), "img_size": vision.get("img_size"), **pre}
+
+
+class IndexSnapshot:
+    """An opened, immutable index version; `search` and `tokens` are safe from several threads."""
+
+    def __init__(self, directory: Path, manifest: IndexManifest, *, use_gpu: bool = False) -> None:
+        configure_faiss()
+        self.directory = directory
+        self.manifest = manifest
+        self.version = manifest.version
+        try:
+            index = faiss.read_index(str(directory / FAISS_NAME))
+            with np.load(directory / SEGMENTS_NAME, allow_pickle=False) as data:
+                self._ids = data["ids"].astype(np.int64)  # row -> segment id
+                self._video_pos = data["video_pos"].astype(np.int64)
+                self._seg_index = data["seg_index"].astype(np.int64)
+                self._video_ids = [str(v) for v in data["video_ids"]]
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            raise IndexNotFoundError(f"index version {manifest.version} at {directory} is unreadable: {e}") from e
+        if index.ntotal != len(self._ids) or index.d != manifest.dim:
+            raise IndexNotFoundError(
+                f"index version {manifest.version} is inconsistent: {index.ntotal} vectors of width {index.d}, "
+                f"{len(self._ids)} segment ids, manifest dim {manifest.dim}"
+            )
+        apply_search_params(index, manifest.search_params)
+        self._search_lock: threading.Lock | None = None
+        if use_gpu and faiss.get_num_gpus() > 0:
+            index = faiss.index_cpu_to_all_gpus(index)
+            self._search_lock = threading.Lock()  # GPU indexes are not safe for concurrent search
+        self._index = index
+        self._order = np.argsort(self._ids, kind="stable")
+        self._sorted_ids = self._ids[self._order]
+        self._token_files: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._token_lock = threading.Lock()
+
+    # ----------------------------------------------------------------------------------------------
+
+    @property
+    def num_vectors(self) -> int:
+        return len(self._ids)
+
+    def segment_ids(self) -> np.ndarray:
+        """All segment ids in this version, int64, in insertion order."""
+        return self._ids.copy()
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(Q, dim) float32 L2-normalised -> scores (Q, k) float32, segment ids (Q, k) int64.
+
+        Rows are best first; where fewer than k vectors exist the id is -1 and the score -inf.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.manifest.dim:
+            raise ValueError(f"queries must be (Q, {self.manifest.dim}), got {tuple(np.shape(queries))}")
+        if self._search_lock is None:
+            scores, ids = self._index.search(q, k)
+        else:
+            with self._search_lock:
+                scores, ids = self._index.search(q, k)
+        scores = scores.astype(np.float32, copy=False)
+        ids = ids.astype(np.int64, copy=False)
+        scores[ids < 0] = -np.inf
+        return scores, ids
+
+    def _rows(self, segment_ids: Sequence[int]) -> np.ndarray:
+        wanted = np.asarray(segment_ids, dtype=np.int64).reshape(-1)
+        pos = np.searchsorted(self._sorted_ids, wanted)
+        pos = np.minimum(pos, max(len(self._sorted_ids) - 1, 0))
+        found = (len(self._sorted_ids) > 0) & (self._sorted_ids[pos] == wanted) if len(wanted) else np.ones(0, bool)
+        if not np.all(found):
+            missing = wanted[~found][:10].tolist()
+            raise KeyError(f"segment ids not in index version {self.version}: {missing}")
+        return self._order[pos]
+
+    def locate(self, segment_ids: Sequence[int]) -> list[tuple[str, int]]:
+        """(video_id, segment index) of each segment id, without the database."""
+        rows = self._rows(segment_ids)
+        return [(self._video_ids[self._video_pos[r]], int(self._seg_index[r])) for r in rows]
+
+    def vectors(self, segment_ids: Sequence[int]) -> np.ndarray:
+        """(n, dim) float32 stored vectors of these segments."""
+        rows = self._rows(segment_ids)
+        cpu = self._index if self._search_lock is None else faiss.index_gpu_to_cpu(self._index)
+        inner = faiss.downcast_index(cpu.index)
+        if isinstance(inner, faiss.IndexIVF):
+            with self._token_lock:  # not while another thread builds it
+                if inner.direct_map.type == faiss.DirectMap.NoMap:
+                    inner.make_direct_map()  # IVF lists do not support reconstruct without it
+        return np.stack([inner.reconstruct(int(r)) for r in rows]) if len(rows) else \
+            np.zeros((0, self.manifest.dim), np.float32)
+
+    def tokens(self, segment_ids: Sequence[int]) -> np.ndarray | None:
+        """(n, 1+N, D) float16 token features of these segments when stored, else None."""
+        if not self.manifest.has_tokens:
+            return None
+        rows = self._rows(segment_ids)
+        out = []
+        for r in rows.tolist():
+            video_id = self._video_ids[self._video_pos[r]]
+            out.append(np.asarray(self._token_file(video_id)[self._seg_index[r]]))
+        if not out:
+            shape = tuple(self.manifest.token_shape or (0, 0))
+            return np.zeros((0, *shape), np.float16)
+        return np.stack(out)
+
+    def _token_file(self, video_id: str) -> np.ndarray:
+        with self._token_lock:
+            arr = self._token_files.get(video_id)
+            if arr is not None:
+                self._token_files.move_to_end(video_id)
+                return arr
+            path = self.directory / TOKENS_DIR / f"{video_id}.npy"
+            try:
+                arr = np.load(path, mmap_mode="r", allow_pickle=False)
+            except OSError as e:
+                raise IndexNotFoundError(f"token file {path} of index version {self.version} is missing") from e
+            self._token_files[video_id] = arr
+            if len(self._token_files) > _OPEN_TOKEN_FILES:
+                self._token_files.popitem(last=False)
+            return arr
+
+    def close(self) -> None:
+        with self._token_lock:
+            self._token_files.clear()
+        self._index = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "IndexSnapshot":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"IndexSnapshot(version={self.version}, vectors={self.num_vectors}, type={self.manifest.index_type})"
+
+
+def apply_search_params(index: faiss.Index, params: Mapping[str, Any]) -> None:
+    """Set nprobe (IVF) or efSearch (HNSW) on an index, through an IndexIDMap wrapper."""
+    inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else index
+    if "nprobe" in params and isinstance(inner, faiss.IndexIVF):
+        inner.nprobe = int(params["nprobe"])
+    if "efSearch" in params and isinstance(inner, faiss.IndexHNSW):
+        inner.hnsw.efSearch = int(params["efSearch"])
+
+
+class DataDir:
+    """A data directory; read-only use creates nothing on disk."""
+
+    def __init__(self, root: str | Path, database_url: str | None = None) -> None:
+        self.root = Path(root).expanduser().absolute()
+        self.database_url = database_url or os.environ.get(DATABASE_ENV) or default_database_url(self.root)
+        self._engine: Engine | None = None
+        self._create = False
+        self._engine_lock = threading.Lock()
+
+    # --- paths -----------------------------------------------------------------------------------
+
+    @property
+    def index_dir(self) -> Path:
+        return self.root / INDEX_DIR
+
+    @property
+    def current_file(self) -> Path:
+        return self.index_dir / CURRENT_NAME
+
+    @property
+    def lock_path(self) -> Path:
+        return self.root / LOCK_NAME
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / CACHE_DIR
+
+    def version_dir(self, version: int) -> Path:
+        return self.index_dir / version_name(version)
+
+    def thumbnail_relpath(self, video_id: str, segment_index: int) -> str:
+        return f"{THUMBNAILS_DIR}/{video_id}/{segment_index}.jpg"
+
+    def thumbnail_path(self, video_id: str, segment_index: int) -> Path:
+        return self.root / self.thumbnail_relpath(video_id, segment_index)
+
+    # --- database --------------------------------------------------------------------------------
+
+    @property
+    def engine(self) -> Engine:
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = create_engine_for(self.database_url, create=self._create)
+            return self._engine
+
+    def session(self) -> Session:
+        """A new ORM session (use as a context manager)."""
+        return Session(self.engine, expire_on_commit=False)
+
+    def enable_writes(self) -> None:
+        """Allow creating the directory and database (the indexer's side); call before first use."""
+        if self._engine is not None and not self._create:
+            self._engine.dispose()
+            self._engine = None
+        self._create = True
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.index_dir.mkdir(exist_ok=True)
+
+    def dispose(self) -> None:
+        with self._engine_lock:
+            if self._engine is not None:
+                self._engine.dispose()
+                self._engine = None
+
+    # --- versions --------------------------------------------------------------------------------
+
+    def current_version(self) -> int | None:
+        """The published version named in index/CURRENT, or None before the first publish."""
+        try:
+            text = self.current_file.read_text()
+        except FileNotFoundError:
+            return None
+        version = parse_version_name(text)
+        if version is None:
+            raise IndexNotFoundError(f"{self.current_file} does not name a version: {text[:40]!r}")
+        return version
+
+    def published_versions(self) -> list[int]:
+        """Versions with a directory, ascending (temporary build directories excluded)."""
+        if not self.index_dir.is_dir():
+            return []
+        found = (parse_version_name(p.name) for p in self.index_dir.iterdir() if p.is_dir())
+        return sorted(v for v in found if v is not None)
+
+    def read_manifest(self, version: int | None = None) -> IndexManifest:
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise IndexNotFoundError(f"no index published in {self.root} yet (run alpro-index)")
+        path = self.version_dir(version) / MANIFEST_NAME
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise IndexNotFoundError(f"index version {version} not found in {self.index_dir}") from e
+        except (OSError, json.JSONDecodeError) as e:
+            raise IndexNotFoundError(f"manifest {path} is unreadable: {e}") from e
+        return IndexManifest.from_dict(data)
+
+    def open_index(self, version: int | None = None, *, expected_fingerprint: str | None = None,
+                   use_gpu: bool = False) -> IndexSnapshot:
+        """Open a version (None = current); raise IndexNotFoundError, or IndexMismatchError on a fingerprint."""
+        manifest = self.read_manifest(version)
+        if expected_fingerprint is not None:
+            manifest.check_model(expected_fingerprint)
+        return IndexSnapshot(self.version_dir(manifest.version), manifest, use_gpu=use_gpu)
+
+    def __repr__(self) -> str:
+        return f"DataDir({str(self.root)!r})"
+
+
+def default_database_url(root: Path) -> str:
+    return f"sqlite:///{root / DATABASE_NAME}"
+
+
+__all__ = ["DataDir", "IndexManifest", "IndexMismatchError", "IndexNotFoundError", "IndexSnapshot",
+           "apply_search_params", "configure_faiss", "parse_version_name", "version_name"]

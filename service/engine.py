@@ -1,0 +1,635 @@
+"""The model and index holder behind the routes: search (VTC retrieval, grouping, VTM re-ranking) and QA.
+
+Search: query -> text embedding -> FAISS over segment vectors (over-fetched) -> rows from the metadata DB
+-> best moment per video -> optionally VTM re-ranking of the top candidates with the LAVIS score
+(itm logit[1] + cosine), from the index's stored tokens or from segments decoded on demand (LRU cached).
+QA: the video is decoded and encoded once (LRU cached by bytes), then each question costs the text layers,
+the fusion layers and the classifier. Every model call runs on the model thread (`batching.ModelWorker`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+
+from indexer.datadir import DataDir, IndexManifest, IndexSnapshot
+from model import AlproModel, Tokenizer, checkpoint_fingerprint, load_model
+from model.decode import VideoError
+from model.preprocess import load_video
+
+from . import schemas
+from .batching import ModelWorker
+from .cache import ByteLRU
+from .catalog import Catalog, RowCache, SegmentRow
+from .errors import (IndexUnavailableError, InvalidRequestError, NotFoundError, QANotConfiguredError, StartupError,
+                     UnavailableError, VideoFileMissingError, VideoNotFoundError, VideoUndecodableError)
+from .index import IndexHolder, IndexLease
+from .metrics import Metrics
+from .ranking import Candidate, decode_cursor, encode_cursor, first_hit_per_video, passes, query_key, to_cosine
+from .settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_VIDEO_BATCH = 8  # clips per video-encoder call when computing tokens for re-ranking
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint ready to serve: the network on its device, its tokenizer and its fingerprint."""
+
+    model: AlproModel
+    tokenizer: Tokenizer
+    fingerprint: str
+    path: Path
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def info(self) -> schemas.CheckpointInfo:
+        config = self.model.config
+        return schemas.CheckpointInfo(path=str(self.path), fingerprint=self.fingerprint, num_frames=config.num_frames,
+                                      answers=config.num_answers or None)
+
+
+def load_checkpoint(path: Path, bert_config: Optional[Path], device: str) -> LoadedModel:
+    """Load a native directory or an official .pt (with its BERT config) strictly, in eval mode."""
+    start = time.perf_counter()
+    try:
+        model = load_model(path, bert_config)
+    except FileNotFoundError as e:
+        raise StartupError(f"checkpoint not found: {path}") from e
+    except ValueError as e:  # CheckpointError, ConfigError: already name the bad key or value
+        raise StartupError(f"cannot load checkpoint {path}: {e}") from e
+    fingerprint = checkpoint_fingerprint(model)  # of the weights as stored, before any device move
+    model = model.to(torch.device(device)).eval()
+    tokenizer = Tokenizer.from_config(model.config)
+    logger.info("loaded %s (fingerprint %s, %d frames, text length %d) on %s in %.1f s", path, fingerprint,
+                model.config.num_frames, tokenizer.max_length, device, time.perf_counter() - start)
+    return LoadedModel(model, tokenizer, fingerprint, Path(path))
+
+
+# --------------------------------------------------------------------------------------------------
+# The engine
+
+
+@dataclass
+class _Query:
+    """One text query on its way through the model thread."""
+
+    text: str
+    snapshot: IndexSnapshot
+    k: int
+
+
+@dataclass
+class _Hits:
+    embedding: np.ndarray  # float32 (D,)
+    scores: np.ndarray  # (k,) FAISS scores, best first
+    ids: np.ndarray  # int64 (k,) segment ids, -1 padding
+    encode_s: float
+    faiss_s: float
+
+
+@dataclass
+class _Timer:
+    seconds: dict[str, float] = field(default_factory=lambda: {"encode": 0.0, "faiss": 0.0, "db": 0.0, "rerank": 0.0})
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+class Engine:
+    """Loaded models, the served index version, the metadata DB and the caches; built once per app."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, data_dir: DataDir, retrieval: Optional[LoadedModel],
+                 qa: Optional[LoadedModel]) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.data_dir = data_dir
+        self.catalog = Catalog(data_dir.engine)
+        self.row_cache = RowCache(settings.row_cache_size)
+        self.retrieval = retrieval
+        self.qa = qa
+        self.device = settings.resolved_device
+        self.index = IndexHolder(data_dir, self.check_manifest, metrics)
+        self.worker: ModelWorker[_Query, _Hits] = ModelWorker(
+            self._encode_and_search, max_batch=settings.max_batch, window_s=settings.batch_window_s,
+            max_queue=settings.max_queue, retry_after_s=settings.retry_after_s, metrics=metrics)
+        self.token_cache: ByteLRU = ByteLRU(int(settings.token_cache_mb * 2**20),
+                                            lambda hit: metrics.cache_lookup("segment_tokens", hit))
+        self.qa_cache: ByteLRU = ByteLRU(int(settings.qa_cache_mb * 2**20),
+                                         lambda hit: metrics.cache_lookup("qa_video_tokens", hit))
+        self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        # few, long-lived threads for the metadata DB: bounded DB concurrency, and a connection per thread
+        self._db_pool = ThreadPoolExecutor(settings.db_workers, thread_name_prefix="db")
+        self._qa_inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._watcher: Optional[asyncio.Task] = None
+        self.started_at = time.time()
+
+    # --- loading
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics) -> "Engine":
+        """Open the data dir, load the checkpoints and the current index version, check they match. Blocking."""
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        device = settings.resolved_device
+        data_dir = DataDir(settings.data_dir, settings.database_url)
+        snapshot = None
+        version = data_dir.current_version()
+        if version is not None:
+            snapshot = data_dir.open_index(version)
+        try:
+            retrieval = None
+            checkpoint = settings.checkpoint
+            if checkpoint is None and snapshot is not None:
+                checkpoint = _manifest_checkpoint(snapshot.manifest, data_dir)
+            if checkpoint is not None:
+                retrieval = load_checkpoint(checkpoint, settings.bert_config, device)
+            else:
+                logger.warning("no index in %s yet and ALPRO_CHECKPOINT is unset: the model loads when an index "
+                               "is published", settings.data_dir)
+            qa = None
+            if settings.qa_checkpoint is not None:
+                qa = load_checkpoint(settings.qa_checkpoint, settings.qa_bert_config or settings.bert_config, device)
+                if qa.model.qa_head is None:
+                    raise StartupError(f"ALPRO_QA_CHECKPOINT {settings.qa_checkpoint} has no QA head (num_answers=0)")
+            engine = cls(settings, metrics, data_dir, retrieval, qa)
+            if snapshot is not None:
+                engine.check_manifest(snapshot.manifest)  # refuse to start on a mismatch
+                engine.index.install(snapshot)
+                snapshot = None
+        except BaseException:
+            data_dir.dispose()
+            raise
+        finally:
+            if snapshot is not None:
+                snapshot.close()
+        return engine
+
+    def check_manifest(self, manifest: IndexManifest) -> None:
+        """Raise StartupError unless the loaded retrieval checkpoint is the one that built this index version."""
+        if self.retrieval is None:  # no checkpoint yet: take the one this index names
+            self.retrieval = load_checkpoint(_manifest_checkpoint(manifest, self.data_dir), self.settings.bert_config,
+                                             self.device)
+        if self.retrieval.fingerprint != manifest.checkpoint_fingerprint:
+            raise StartupError(
+                f"checkpoint {self.retrieval.path} (fingerprint {self.retrieval.fingerprint}) did not build index "
+                f"version {manifest.version} in {self.data_dir.root}, which was made with {manifest.checkpoint} "
+                f"(fingerprint {manifest.checkpoint_fingerprint}); serve that checkpoint (unset ALPRO_CHECKPOINT) "
+                f"or re-index with this one")
+        if manifest.dim != self.retrieval.model.config.embed_dim:
+            raise StartupError(f"index version {manifest.version} holds {manifest.dim}-d vectors, the checkpoint "
+                               f"makes {self.retrieval.model.config.embed_dim}-d ones")
+
+    def _warm_up_models(self) -> None:
+        """One pass through every model path (on the model thread, whose OpenMP team it warms too)."""
+        with torch.inference_mode():
+            for loaded in (self.retrieval, self.qa):
+                if loaded is None:
+                    continue
+                model, config = loaded.model, loaded.model.config
+                ids, mask = loaded.tokenizer(["warm up"])
+                ids, mask = ids.to(loaded.device), mask.to(loaded.device)
+                text = model.text_tokens(ids, mask)
+                model.text_features(text)
+                video = torch.zeros(1, 1 + config.vision.num_patches, config.vision.embed_dim, device=loaded.device)
+                if model.qa_head is not None:
+                    model.answer_logits_from_tokens(video, text, mask)
+                else:
+                    model.vtm_logits_from_tokens(video, text, mask)
+        try:
+            lease = self.index.acquire()
+        except IndexUnavailableError:
+            return
+        with lease:
+            if self.retrieval is not None and lease.manifest.num_vectors:
+                self._encode_and_search([_Query("warm up", lease.snapshot, 1)])
+
+    async def warm_up(self) -> None:
+        """So that the first request does not pay for lazy initialisation (DB connection, kernels, FAISS)."""
+        start = time.perf_counter()
+        try:
+            await self._db(self.catalog.ping, observe=False)
+        except UnavailableError as e:  # not indexed yet: requests will say so
+            logger.warning("%s", e.message)
+        await self.worker.run(self._warm_up_models)
+        logger.info("warm-up took %.2f s", time.perf_counter() - start)
+
+    async def start(self) -> None:
+        self.worker.start()
+        if self.settings.warmup:
+            await self.warm_up()
+        self._watcher = asyncio.create_task(self.index.watch(self.settings.index_poll_s), name="index-watcher")
+
+    async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            try:
+                await self._watcher
+            except asyncio.CancelledError:
+                pass
+        await asyncio.to_thread(self.worker.stop)
+        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self._db_pool.shutdown(wait=True, cancel_futures=True)
+        self.index.close()
+        self.data_dir.dispose()
+
+    # --- state
+
+    def readiness(self) -> schemas.ReadyResponse:
+        version = self.index.version
+        reason = None
+        if self.retrieval is None:
+            reason = "the retrieval checkpoint is not loaded (no index published yet)"
+        elif version is None:
+            reason = self.index.error or f"no index published in {self.data_dir.root} yet"
+        elif self.index.manifest is not None and self.index.manifest.num_vectors == 0:
+            reason = f"index version {version} is empty"
+        return schemas.ReadyResponse(ready=reason is None, model=self.retrieval is not None, index_version=version,
+                                     qa=self.qa is not None, reason=reason)
+
+    async def stats(self) -> schemas.StatsResponse:
+        videos, segments, failures = await self._db(self.catalog.counts)
+        manifest = self.index.manifest
+        index = None
+        if manifest is not None:
+            index = schemas.IndexInfo(
+                version=manifest.version, created_at=str(manifest.created_at), index_type=manifest.index_type,
+                metric=manifest.metric, num_vectors=manifest.num_vectors, num_videos=manifest.num_videos,
+                has_tokens=bool(manifest.has_tokens), recall_at_10=manifest.recall_at_10)
+        return schemas.StatsResponse(
+            videos=videos, segments=segments, failures=failures, index=index, index_error=self.index.error,
+            checkpoint=self.retrieval.info() if self.retrieval else None,
+            qa_checkpoint=self.qa.info() if self.qa else None, device=self.device,
+            uptime_s=round(time.time() - self.started_at, 3))
+
+    # --- model thread work
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 (N, D) L2-normalised query embeddings. Runs on the model thread."""
+        loaded = self._require_retrieval()
+        with torch.inference_mode():
+            ids, mask = loaded.tokenizer(list(texts))
+            embedding = loaded.model.encode_text(ids.to(loaded.device), mask.to(loaded.device))
+        return embedding.float().cpu().numpy()
+
+    def _encode_and_search(self, queries: Sequence[_Query]) -> list[_Hits]:
+        """The micro-batch: one encoder call for all queries, one FAISS call per snapshot."""
+        t0 = time.perf_counter()
+        embeddings = np.ascontiguousarray(self.encode_texts([q.text for q in queries]), dtype=np.float32)
+        encode_s = time.perf_counter() - t0
+        groups: dict[int, list[int]] = {}
+        for i, q in enumerate(queries):  # during an index switch one batch may span two versions
+            groups.setdefault(id(q.snapshot), []).append(i)
+        out: list[Optional[_Hits]] = [None] * len(queries)
+        for rows in groups.values():
+            t1 = time.perf_counter()
+            k = max(queries[i].k for i in rows)
+            scores, ids = queries[rows[0]].snapshot.search(embeddings[rows], k)
+            faiss_s = time.perf_counter() - t1
+            for j, i in enumerate(rows):
+                kq = queries[i].k
+                out[i] = _Hits(embeddings[i], np.asarray(scores[j, :kq]), np.asarray(ids[j, :kq]), encode_s, faiss_s)
+        return out  # type: ignore[return-value]
+
+    def _video_tokens(self, loaded: LoadedModel, clips: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(T, 3, H, W) clips -> (1 + N, D) token features each, on the model's device."""
+        out: list[torch.Tensor] = []
+        with torch.inference_mode():
+            for i in range(0, len(clips), _VIDEO_BATCH):
+                video = torch.stack(clips[i:i + _VIDEO_BATCH]).to(loaded.device)  # (B, T, 3, H, W)
+                out.extend(loaded.model.video_tokens(video))
+        return out
+
+    def _vtm_scores(self, query: str, video_tokens: list[torch.Tensor]) -> list[float]:
+        """VTM match logits of one query against n videos' token features."""
+        loaded = self._require_retrieval()
+        model = loaded.model
+        with torch.inference_mode():
+            ids, mask = loaded.tokenizer([query])
+            ids, mask = ids.to(loaded.device), mask.to(loaded.device)
+            text = model.text_tokens(ids, mask)  # (1, L, D)
+            dtype = text.dtype
+            video = torch.stack([t.to(loaded.device, dtype) for t in video_tokens])  # (n, 1 + N, D)
+            n = video.shape[0]
+            logits = model.vtm_logits_from_tokens(video, text.expand(n, -1, -1), mask.expand(n, -1))  # (n, 2)
+        return logits[:, 1].float().cpu().tolist()
+
+    def _answer_probs(self, question: str, video_tokens: torch.Tensor, top_k: int) -> list[tuple[int, float]]:
+        qa = self.qa
+        assert qa is not None
+        with torch.inference_mode():
+            ids, mask = qa.tokenizer([question])
+            ids, mask = ids.to(qa.device), mask.to(qa.device)
+            text = qa.model.text_tokens(ids, mask)  # (1, L, D)
+            logits = qa.model.answer_logits_from_tokens(video_tokens.unsqueeze(0).to(text.dtype), text, mask)
+            probs = logits.float().softmax(-1)[0]  # (num_answers,)
+            values, indices = probs.topk(min(top_k, probs.numel()))
+        return list(zip(indices.tolist(), values.tolist()))
+
+    # --- search
+
+    async def search(self, request: schemas.SearchRequest) -> schemas.SearchResponse:
+        start = time.perf_counter()
+        settings = self.settings
+        if len(request.query) > settings.max_query_chars:
+            raise InvalidRequestError(
+                f"query: longer than this server's limit of {settings.max_query_chars} characters")
+        if request.top_k > settings.max_top_k:
+            raise InvalidRequestError(f"top_k: larger than this server's limit of {settings.max_top_k}")
+        offset = decode_cursor(request.cursor, query_key(request)) if request.cursor else request.offset
+        rerank_k = settings.rerank_default if request.rerank is True else int(request.rerank)
+        end = offset + request.top_k
+        want = max(end + 1, rerank_k)  # one more than the page tells whether a next page exists
+        timer = _Timer()
+        with self.index.acquire() as lease:
+            manifest = lease.manifest
+            if manifest.num_vectors == 0:
+                raise IndexUnavailableError(f"index version {manifest.version} is empty: no video has been indexed")
+            limit = min(manifest.num_vectors, settings.max_fetch)
+            k = min(limit, max(want * settings.overfetch, 16))
+            hits: _Hits = await self.worker.submit(_Query(request.query, lease.snapshot, k))
+            timer.add("encode", hits.encode_s)
+            timer.add("faiss", hits.faiss_s)
+            rows: dict[int, Optional[SegmentRow]] = {}
+            while True:
+                candidates = await self._candidates(hits, lease.snapshot, rows, manifest.metric, request.filters,
+                                                    want, timer)
+                exhausted = k >= limit or bool((hits.ids < 0).any())
+                if len(candidates) >= want or exhausted:
+                    break
+                k = min(limit, k * 4)  # grouping or filters dropped too many: fetch deeper
+                t = time.perf_counter()
+                scores, ids = await asyncio.to_thread(lease.snapshot.search, hits.embedding[None], k)
+                timer.add("faiss", time.perf_counter() - t)
+                hits = replace(hits, scores=np.asarray(scores[0]), ids=np.asarray(ids[0]))
+            reranked = 0
+            if rerank_k and candidates:
+                t = time.perf_counter()
+                reranked = await self._rerank(request.query, candidates, rerank_k, lease)
+                timer.add("rerank", time.perf_counter() - t)
+            version = lease.version
+        page = candidates[offset:end]
+        has_more = len(candidates) > end and end <= schemas.MAX_OFFSET
+        for stage, seconds in timer.seconds.items():
+            if stage != "rerank" or reranked:
+                self.metrics.observe_stage(stage, seconds)
+        return schemas.SearchResponse(
+            query=request.query, results=[self._hit(c) for c in page], offset=offset,
+            next_cursor=encode_cursor(end, query_key(request)) if has_more else None, reranked=reranked,
+            index_version=version, took_ms=round((time.perf_counter() - start) * 1000, 3),
+            timings=schemas.StageTimings(**{f"{k}_ms": round(v * 1000, 3) for k, v in timer.seconds.items()}))
+
+    async def _candidates(self, hits: _Hits, snapshot: IndexSnapshot, rows: dict[int, Optional[SegmentRow]],
+                          metric: str, filters: Optional[schemas.SearchFilters], want: int,
+                          timer: _Timer) -> list[Candidate]:
+        """Up to `want` videos at their best moment, best first: grouped by the index's own segment -> video
+        map, so the DB is asked only for the rows of the moments shown (and filtered) and not every hit."""
+        valid = hits.ids >= 0
+        ids = hits.ids[valid].tolist()
+        cosines = to_cosine(hits.scores[valid], metric).tolist()
+        firsts = first_hit_per_video([video_id for video_id, _ in snapshot.locate(ids)])
+        out: list[Candidate] = []
+        pos = 0
+        while len(out) < want and pos < len(firsts):
+            # filters may drop many videos: ask for more rows per round trip then
+            chunk = firsts[pos:pos + (want - len(out)) * (4 if filters is not None else 1)]
+            pos += len(chunk)
+            missing = [ids[i] for i in chunk if ids[i] not in rows]
+            if missing:
+                cached = self.row_cache.get_many(snapshot.version, missing)
+                rows.update(cached)
+                self.metrics.cache_lookups.labels("segment_rows", "hit").inc(len(cached))
+                missing = [segment_id for segment_id in missing if segment_id not in cached]
+            if missing:
+                self.metrics.cache_lookups.labels("segment_rows", "miss").inc(len(missing))
+                t = time.perf_counter()
+                found = await self._db(self.catalog.segments, missing, observe=False)
+                timer.add("db", time.perf_counter() - t)
+                self.row_cache.put_many(snapshot.version, found.values())
+                for segment_id in missing:
+                    rows[segment_id] = found.get(segment_id)  # None: the row is gone (video removed)
+            for i in chunk:
+                row = rows[ids[i]]
+                if row is not None and passes(row, filters):
+                    out.append(Candidate(row, float(cosines[i])))
+        return out[:want]
+
+    async def _rerank(self, query: str, candidates: list[Candidate], rerank_k: int, lease: IndexLease) -> int:
+        """Re-order the top `rerank_k` candidates in place by VTM logit + cosine; returns how many were scored."""
+        top = candidates[:rerank_k]
+        tokens = await self._segment_tokens(top, lease)
+        scored = [i for i, t in enumerate(tokens) if t is not None]
+        if scored:
+            logits = await self.worker.run(self._vtm_scores, query, [tokens[i] for i in scored])
+            for i, logit in zip(scored, logits):
+                top[i].vtm = float(logit)
+        # candidates whose segment could not be decoded keep their order, after the re-ranked ones
+        ranked = sorted((c for c in top if c.vtm is not None), key=lambda c: c.score, reverse=True)
+        candidates[:rerank_k] = ranked + [c for c in top if c.vtm is None]
+        return len(scored)
+
+    async def _segment_tokens(self, top: list[Candidate], lease: IndexLease) -> list[Optional[torch.Tensor]]:
+        """(1 + N, D) token features per candidate: stored in the index, cached, or decoded and encoded now."""
+        if lease.manifest.has_tokens:
+            ids = np.array([c.row.segment_id for c in top], dtype=np.int64)
+            try:
+                stored = await asyncio.to_thread(lease.snapshot.tokens, ids)
+            except (LookupError, OSError, ValueError) as e:  # a token file gone missing: decode instead
+                logger.warning("stored tokens of index version %d unreadable (%s); decoding segments", lease.version, e)
+                stored = None
+            if stored is not None:
+                stored = torch.as_tensor(np.asarray(stored))  # fp16 (n, 1 + N, D)
+                return [stored[i] for i in range(len(top))]
+        loaded = self._require_retrieval()
+        keys = [(loaded.fingerprint, c.row.video_id, c.row.index, c.row.start_s, c.row.end_s) for c in top]
+        out: list[Optional[torch.Tensor]] = [self.token_cache.get(key) for key in keys]
+        missing = [i for i, t in enumerate(out) if t is None]
+        if not missing:
+            return out
+        loop = asyncio.get_running_loop()
+        t = time.perf_counter()
+        clips = await asyncio.gather(
+            *(loop.run_in_executor(self._decode_pool, self._decode_segment, loaded, top[i].row) for i in missing),
+            return_exceptions=True)
+        self.metrics.observe_stage("decode", time.perf_counter() - t)
+        good = []
+        for i, clip in zip(missing, clips):
+            if isinstance(clip, BaseException):
+                logger.warning("re-ranking skips segment %d of video %s: %s", top[i].row.index, top[i].row.video_id,
+                               clip)
+            else:
+                good.append((i, clip))
+        if good:
+            t = time.perf_counter()
+            tokens = await self.worker.run(self._video_tokens, loaded, [clip for _, clip in good])
+            self.metrics.observe_stage("video_encode", time.perf_counter() - t)
+            for (i, _), token in zip(good, tokens):
+                self.token_cache.put(keys[i], token)
+                out[i] = token
+        self.metrics.cache_bytes.labels("segment_tokens").set(self.token_cache.nbytes)
+        return out
+
+    @staticmethod
+    def _decode_segment(loaded: LoadedModel, row: SegmentRow) -> torch.Tensor:
+        window = (row.start_s, row.end_s) if row.end_s > row.start_s else None
+        return load_video(row.path, loaded.model.config, window=window)  # (T, 3, H, W)
+
+    def _hit(self, c: Candidate) -> schemas.SearchHit:
+        row = c.row
+        return schemas.SearchHit(
+            video_id=row.video_id, path=row.path, name=os.path.basename(row.path), score=c.score, start=row.start_s,
+            end=row.end_s, segment_index=row.index, thumbnail_url=self._thumbnail_url(row),
+            stream_url=stream_url(row.video_id),
+            vtc_score=c.vtc, vtm_score=c.vtm)
+
+    @staticmethod
+    def _thumbnail_url(row: SegmentRow) -> Optional[str]:
+        return f"/videos/{row.video_id}/segments/{row.index}/thumbnail" if row.thumbnail else None
+
+    # --- QA
+
+    async def answer(self, request: schemas.QARequest) -> schemas.QAResponse:
+        start = time.perf_counter()
+        qa = self.qa
+        if qa is None:
+            raise QANotConfiguredError("question answering is not configured on this server: start it with "
+                                       "ALPRO_QA_CHECKPOINT set to a QA checkpoint")
+        if len(request.question) > self.settings.max_query_chars:
+            raise InvalidRequestError(
+                f"question: longer than this server's limit of {self.settings.max_query_chars} characters")
+        path = await self._db(self.catalog.video_path, request.video_id)
+        if path is None:
+            raise VideoNotFoundError(f"no video with id {request.video_id}")
+        tokens, cached = await self._qa_video_tokens(qa, request.video_id, path)
+        t = time.perf_counter()
+        ranked = await self.worker.run(self._answer_probs, request.question, tokens, request.top_k)
+        self.metrics.observe_stage("qa", time.perf_counter() - t)
+        names = qa.model.config.answers
+        answers = [schemas.Answer(answer=names[i] if i < len(names) else f"#{i}", score=p) for i, p in ranked]
+        return schemas.QAResponse(video_id=request.video_id, question=request.question, answers=answers, cached=cached,
+                                  took_ms=round((time.perf_counter() - start) * 1000, 3))
+
+    async def _qa_video_tokens(self, qa: LoadedModel, video_id: str, path: Path) -> tuple[torch.Tensor, bool]:
+        key = (qa.fingerprint, video_id)
+        tokens = self.qa_cache.get(key)
+        if tokens is not None:
+            return tokens, True
+        task = self._qa_inflight.get(key)
+        if task is None:  # one decode per video, however many ask at once
+            task = asyncio.ensure_future(self._compute_qa_tokens(qa, key, path))
+            self._qa_inflight[key] = task
+            task.add_done_callback(lambda _: self._qa_inflight.pop(key, None))
+        return await asyncio.shield(task), False
+
+    async def _compute_qa_tokens(self, qa: LoadedModel, key: tuple[str, str], path: Path) -> torch.Tensor:
+        if not await asyncio.to_thread(path.is_file):
+            raise VideoFileMissingError(f"the file of video {key[1]} is no longer on the server")
+        loop = asyncio.get_running_loop()
+        t = time.perf_counter()
+        try:
+            clip = await loop.run_in_executor(self._decode_pool, load_video, path, qa.model.config)
+        except VideoError as e:
+            raise VideoUndecodableError(f"video {key[1]} cannot be decoded: {e}") from e
+        self.metrics.observe_stage("decode", time.perf_counter() - t)
+        t = time.perf_counter()
+        (tokens,) = await self.worker.run(self._video_tokens, qa, [clip])
+        self.metrics.observe_stage("video_encode", time.perf_counter() - t)
+        self.qa_cache.put(key, tokens)
+        self.metrics.cache_bytes.labels("qa_video_tokens").set(self.qa_cache.nbytes)
+        return tokens
+
+    # --- videos and files
+
+    async def video(self, video_id: str) -> schemas.VideoDetail:
+        record = await self._db(self.catalog.video, video_id)
+        if record is None:
+            raise VideoNotFoundError(f"no video with id {video_id}")
+        segments = await self._db(self.catalog.video_segments, video_id)
+        fields = {k: v for k, v in record.items() if k in schemas.VideoDetail.model_fields}
+        thumb = next((self._thumbnail_url(s) for s in segments if s.thumbnail), None)
+        return schemas.VideoDetail(
+            **fields, video_id=video_id, name=Path(record["path"]).name, stream_url=stream_url(video_id),
+            thumbnail_url=f"/videos/{video_id}/thumbnail" if thumb else None,
+            segments=[schemas.SegmentInfo(index=s.index, start=s.start_s, end=s.end_s,
+                                          thumbnail_url=self._thumbnail_url(s)) for s in segments])
+
+    async def video_file(self, video_id: str) -> Path:
+        """The video's file, for streaming."""
+        return await self._db(self._video_file, video_id)
+
+    async def thumbnail_file(self, video_id: str, segment_index: Optional[int] = None) -> Path:
+        """A segment's thumbnail (the video's first with one when no index is given)."""
+        return await self._db(self._thumbnail_file, video_id, segment_index)
+
+    def _video_file(self, video_id: str) -> Path:
+        path = self.catalog.video_path(video_id)
+        if path is None:
+            raise VideoNotFoundError(f"no video with id {video_id}")
+        if not path.is_file():
+            raise VideoFileMissingError(f"the file of video {video_id} is no longer on the server")
+        return path
+
+    def _thumbnail_file(self, video_id: str, segment_index: Optional[int]) -> Path:
+        if segment_index is None:
+            if self.catalog.video_path(video_id) is None:
+                raise VideoNotFoundError(f"no video with id {video_id}")
+            rows = [s for s in self.catalog.video_segments(video_id) if s.thumbnail]
+            row = rows[0] if rows else None
+        else:
+            row = self.catalog.segment(video_id, segment_index)
+            if row is None:
+                if self.catalog.video_path(video_id) is None:
+                    raise VideoNotFoundError(f"no video with id {video_id}")
+                raise NotFoundError(f"video {video_id} has no segment {segment_index}")
+        if row is None or not row.thumbnail:
+            raise NotFoundError(f"video {video_id} has no thumbnail" +
+                                (f" for segment {segment_index}" if segment_index is not None else ""))
+        root = self.data_dir.root.resolve()
+        path = (root / row.thumbnail).resolve()
+        if not path.is_relative_to(root) or not path.is_file():  # the DB names files inside the data dir only
+            raise NotFoundError(f"the thumbnail of video {video_id} segment {row.index} is missing")
+        return path
+
+    # --- helpers
+
+    def _require_retrieval(self) -> LoadedModel:
+        if self.retrieval is None:
+            raise IndexUnavailableError("the retrieval model is not loaded: no index has been published yet")
+        return self.retrieval
+
+    async def _db(self, fn: Any, *args: Any, observe: bool = True) -> Any:
+        """Run a blocking DB (and file-system) look-up on the DB threads."""
+        t = time.perf_counter()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
+        finally:
+            if observe:
+                self.metrics.observe_stage("db", time.perf_counter() - t)
+
+
+def stream_url(video_id: str) -> str:
+    return f"/videos/{video_id}/stream"
+
+
+def _manifest_checkpoint(manifest: IndexManifest, data_dir: DataDir) -> Path:
+    """The checkpoint an index records; a relative path is taken relative to the data dir first."""
+    path = Path(manifest.checkpoint)
+    if not path.is_absolute() and (data_dir.root / path).exists():
+        return data_dir.root / path
+    return path

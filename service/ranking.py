@@ -1,0 +1,85 @@
+"""Search result pieces, pure functions: FAISS scores to cosines, grouping hits by video, filters, cursors."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import schemas
+from .catalog import SegmentRow
+from .errors import InvalidRequestError
+
+
+@dataclass
+class Candidate:
+    """A video's best moment for a query."""
+
+    row: SegmentRow
+    vtc: float  # cosine similarity
+    vtm: Optional[float] = None  # VTM match logit, once re-ranked
+
+    @property
+    def score(self) -> float:
+        return self.vtc if self.vtm is None else self.vtm + self.vtc
+
+
+def to_cosine(scores: np.ndarray, metric: str) -> np.ndarray:
+    """FAISS scores -> cosine similarity (the vectors are L2-normalised)."""
+    if metric.lower() in ("l2", "euclidean"):
+        return 1.0 - scores / 2.0  # squared distance of unit vectors
+    return scores
+
+
+def passes(row: SegmentRow, filters: Optional[schemas.SearchFilters]) -> bool:
+    if filters is None:
+        return True
+    if filters.path_prefix is not None and not row.path.startswith(filters.path_prefix):
+        return False
+    if filters.min_duration is not None and (row.duration_s is None or row.duration_s < filters.min_duration):
+        return False
+    if filters.max_duration is not None and (row.duration_s is None or row.duration_s > filters.max_duration):
+        return False
+    return True
+
+
+def first_hit_per_video(video_ids: Sequence[str]) -> list[int]:
+    """Positions of each video's first (best) hit, in hit order."""
+    seen: set[str] = set()
+    out = []
+    for position, video_id in enumerate(video_ids):
+        if video_id not in seen:
+            seen.add(video_id)
+            out.append(position)
+    return out
+
+
+def query_key(request: schemas.SearchRequest) -> str:
+    """What a cursor must belong to: query, filters and re-ranking (not the page size)."""
+    payload = {"q": request.query, "f": request.filters.model_dump() if request.filters else None,
+               "r": request.rerank}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_cursor(offset: int, key: str) -> str:
+    raw = json.dumps({"o": offset, "k": key}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, key: str) -> int:
+    """The offset a cursor points at; 422 when it is malformed or from another query."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        data = json.loads(raw)
+        offset, cursor_key = data["o"], data["k"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise InvalidRequestError("cursor: not a cursor returned by this server") from e
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= schemas.MAX_OFFSET:
+        raise InvalidRequestError("cursor: not a cursor returned by this server")
+    if cursor_key != key:
+        raise InvalidRequestError("cursor: it belongs to a different query, filters or rerank setting")
+    return offset

@@ -1,0 +1,106 @@
+"""Service settings: every field from an `ALPRO_*` environment variable (pydantic-settings), or the CLI.
+
+Hard request limits live in `service.schemas` (they shape the OpenAPI schema); the fields here may only
+tighten them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from . import schemas
+
+ENV_PREFIX = "ALPRO_"
+
+
+class Settings(BaseSettings):
+    """What `alpro-serve` serves and how; see README "Serving" for the environment variables."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # --- what to serve
+    data_dir: Path  # the indexer's data dir (index/, metadata.sqlite3, thumbnails/)
+    database_url: Optional[str] = None  # SQLAlchemy URL of the metadata DB; default DATA_DIR/metadata.sqlite3
+    checkpoint: Optional[Path] = None  # retrieval checkpoint; default: the one the index manifest records
+    bert_config: Optional[Path] = None  # model_config.json, needed for official .pt checkpoints
+    qa_checkpoint: Optional[Path] = None  # QA checkpoint (native dir or official .pt); unset: /qa answers 501
+    qa_bert_config: Optional[Path] = None  # BERT config of an official QA .pt; default bert_config
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
+
+    # --- network
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: Optional[SecretStr] = None  # when set, every route but health, the page and docs needs it
+    cors_origins: Annotated[list[str], NoDecode] = []  # JSON list or comma-separated; empty = CORS off
+    docs: bool = True  # serve /docs, /redoc and /openapi.json
+
+    # --- limits (at most the hard caps of service.schemas)
+    max_query_chars: int = Field(schemas.MAX_QUERY_CHARS, ge=1, le=schemas.MAX_QUERY_CHARS)
+    max_top_k: int = Field(schemas.MAX_TOP_K, ge=1, le=schemas.MAX_TOP_K)
+    max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)  # larger request bodies get 413
+    rerank_default: int = Field(20, ge=1, le=schemas.MAX_RERANK)  # candidates re-ranked for `"rerank": true`
+    overfetch: int = Field(4, ge=1, le=64)  # FAISS hits fetched per wanted video, before grouping
+    max_fetch: int = Field(4096, ge=1)  # FAISS hits fetched at most per query (filters may need many)
+
+    # --- concurrency
+    batch_window_ms: Optional[float] = Field(None, ge=0, le=100)  # wait for more queries; None: 2 on GPU, 0 on CPU
+    max_batch: int = Field(32, ge=1, le=1024)  # queries per encoder call (1 turns batching off)
+    max_queue: int = Field(64, ge=1)  # model jobs waiting at most; beyond: 503 + Retry-After
+    retry_after_s: int = Field(1, ge=1)  # the Retry-After of an overload 503
+    decode_workers: int = Field(2, ge=1, le=64)  # threads decoding videos for re-ranking and QA
+    db_workers: int = Field(4, ge=1, le=64)  # threads running metadata-DB look-ups
+    torch_threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
+
+    # --- caches (bytes of token features kept)
+    token_cache_mb: float = Field(256, ge=0)  # decoded-and-encoded segment tokens for re-ranking
+    qa_cache_mb: float = Field(512, ge=0)  # per-video QA token features
+    row_cache_size: int = Field(100_000, ge=0)  # segment rows kept in memory (about 300 bytes each); 0: off
+
+    # --- index updates
+    index_poll_s: float = Field(1.0, gt=0)  # how often index/CURRENT is checked for a new version
+    warmup: bool = True  # run each model once at start-up
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return value
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir_exists(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"data dir {value} does not exist or is not a directory")
+        return value.resolve()
+
+    @model_validator(mode="after")
+    def _api_key_not_blank(self) -> "Settings":
+        if self.api_key is not None and not self.api_key.get_secret_value().strip():
+            raise ValueError("ALPRO_API_KEY is set but empty; unset it to turn the key off")
+        return self
+
+    @property
+    def resolved_device(self) -> str:
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+
+    @property
+    def batch_window_s(self) -> float:
+        if self.batch_window_ms is not None:
+            return self.batch_window_ms / 1000
+        # a GPU encodes 32 queries in about the time of one, so a short wait pays; a CPU does not gain
+        # from waiting (queries that queued up meanwhile are still batched)
+        return 0.002 if self.resolved_device.startswith("cuda") else 0.0

@@ -1,0 +1,96 @@
+"""The web page in headless Chromium (Selenium): search, thumbnails load, a click plays the moment, a
+question gets answers. Skipped only where Chromium or its driver is not installed (CI installs both:
+`apt-get install -y chromium chromium-driver`)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_service_support import QA_ANSWERS, run_server, service_env  # noqa: F401
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver") or next(
+    (p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
+
+pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
+                                reason="needs Debian's chromium and chromium-driver packages")
+
+
+@pytest.fixture()
+def browser(tmp_path):
+    os.environ["SE_OFFLINE"] = "true"  # never let selenium-manager download a driver or browser
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900",
+                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver, script: str, timeout: float = 20.0, what: str = ""):
+    """Poll a JS expression until it is truthy; return its value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = driver.execute_script(f"return ({script});")
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or script}")
+        time.sleep(0.05)
+
+
+def test_search_play_and_ask(browser, service_env, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    with run_server(service_env.settings()) as live:
+        browser.get(live.url + "/")
+        assert browser.title == "ALPRO video search"
+        wait_for(browser, "document.getElementById('stats').textContent.includes('4 videos')", what="stats line")
+        browser.find_element(By.ID, "query").send_keys("a red square")
+        browser.find_element(By.ID, "search-button").click()
+        wait_for(browser, "document.querySelectorAll('#results .card').length === 4", what="4 result cards")
+        wait_for(browser, "Array.from(document.querySelectorAll('#results .card img'))"
+                          ".every(img => img.complete && img.naturalWidth > 0)", what="thumbnails loaded")
+        names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .card .name")]
+        assert sorted(names) == ["blue.mp4", "green.mp4", "red.mp4", "yellow.mp4"]
+        assert all(e.text.startswith("score ") for e in browser.find_elements(By.CSS_SELECTOR, ".card .score"))
+        shot = Path(os.environ.get("ALPRO_SCREENSHOT_DIR", tmp_path))
+        shot.mkdir(parents=True, exist_ok=True)
+        browser.save_screenshot(str(shot / "search.png"))
+
+        first = browser.find_element(By.CSS_SELECTOR, "#results .card")
+        start = float(first.get_attribute("data-start"))
+        first.click()
+        wait_for(browser, "!document.getElementById('player').hidden", what="player")
+        state = wait_for(browser, f"""(() => {{
+            const v = document.getElementById('video');
+            if (v.error) return 'error ' + v.error.code;
+            const moved = v.currentTime > {start} + 0.05 || v.ended;
+            return v.readyState >= 2 && v.currentTime >= {start} - 0.01 && moved ? 'playing' : null;
+        }})()""", what="the video to play from the moment")
+        assert state == "playing"
+
+        browser.find_element(By.ID, "question").send_keys("what color is it?")
+        browser.find_element(By.ID, "ask").click()
+        wait_for(browser, "document.querySelectorAll('#answers li').length === 5", what="5 answers")
+        answers = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#answers li")]
+        assert all(any(a.startswith(name + " (") for name in QA_ANSWERS) for a in answers), answers
+        browser.save_screenshot(str(shot / "player.png"))
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors  # no failed request, no script error

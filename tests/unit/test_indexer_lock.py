@@ -1,0 +1,62 @@
+"""The data dir lock: exclusive between processes, released when its holder is killed, not inherited by
+forked children (decoder workers that outlive a killed indexer must not keep it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from indexer.lock import DataDirLock, DataDirLockedError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+HOLDER = textwrap.dedent("""
+    import os, sys
+    from pathlib import Path
+    from indexer.lock import DataDirLock
+    lock = DataDirLock(Path(sys.argv[1]))
+    lock.acquire()
+    if sys.argv[2] == "fork":
+        child = os.fork()
+        if child == 0:              # a worker that outlives its parent, like an orphaned DataLoader worker
+            sys.stdin.read()
+            os._exit(0)
+        print(child, flush=True)
+    print("locked", flush=True)
+    sys.stdin.read()                # hold until killed
+""")
+
+
+def start_holder(path: Path, mode: str) -> tuple[subprocess.Popen, int | None]:
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(path), mode], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    child = int(proc.stdout.readline()) if mode == "fork" else None
+    assert proc.stdout.readline().strip() == "locked"
+    return proc, child
+
+
+@pytest.mark.parametrize("mode", ["plain", "fork"])
+def test_lock_excludes_others_and_dies_with_its_holder(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "data" / "indexer.lock"
+    proc, child = start_holder(path, mode)
+    try:
+        with pytest.raises(DataDirLockedError, match=f"pid {proc.pid}"):
+            DataDirLock(path).acquire()
+        proc.send_signal(signal.SIGKILL)  # no clean-up runs; the file and its content stay behind
+        proc.wait()
+        assert path.read_text()  # a stale lock file
+        with DataDirLock(path):  # taken over: the kernel dropped the dead holder's lock
+            with pytest.raises(DataDirLockedError):
+                DataDirLock(path).acquire()  # also exclusive within one process's new opens
+        assert path.read_text() == ""
+    finally:
+        proc.kill()
+        proc.wait()
+        if child is not None:
+            os.kill(child, signal.SIGKILL)
