@@ -1,4 +1,4 @@
-.PHONY: install test test-slow bench
+.PHONY: install test test-slow bench demo demo-check
 
 install:
 	bash scripts/install.sh
@@ -12,3 +12,10 @@ test-slow: install
 
 bench: install
 	.venv/bin/python -m bench.model_speed
+
+# The demo: synthetic library, demo checkpoints, index, service (see README).
+demo:
+	bash scripts/demo.sh
+
+demo-check:
+	bash scripts/demo.sh --check
