@@ -22,3 +22,7 @@ def reference_dir() -> Path:
 
 def load_reference(name: str):
     return torch.load(REFERENCE / name, map_location="cpu", weights_only=True)
+
+
+# Tiny checkpoints trained once per session, for the end-to-end search and QA tests.
+from tests.trained import trained_corpus, trained_qa_checkpoint, trained_retrieval_checkpoint  # noqa: E402,F401

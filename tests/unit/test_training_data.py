@@ -1,0 +1,156 @@
+"""Annotation reading, the resumable rank-sliced sampler, per-sample determinism, skipping bad files."""
+
+from __future__ import annotations
+
+import json
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model import VideoError, normalize_frames
+from model.config import preset_config
+from training.config import DataSection, LossSection
+from training.data import (AnnotationError, EpochBatchSampler, QADataset, SyntheticQA, SyntheticVideoText,
+                           VideoTextDataset, build_answer_vocab, collate, read_qa, read_video_text, swap_words)
+from training import synth
+
+CONFIG = preset_config("tiny", img_size=32, num_frames=2)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_sampler_ranks_concatenate_to_the_one_process_batch_and_resume_mid_epoch():
+    one = EpochBatchSampler(50, 8, seed=3)
+    two = [EpochBatchSampler(50, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    per_epoch = 50 // 8
+    stream = list(islice(one, 3 * per_epoch))  # endless: runs on across epochs
+    together = [a + b for a, b in islice(zip(*two), 3 * per_epoch)]
+    assert together == stream
+    assert [batch[0][0] for batch in stream] == [e for e in range(3) for _ in range(per_epoch)]
+    for epoch in range(3):
+        flat = [i for batch in stream[epoch * per_epoch:(epoch + 1) * per_epoch] for _, i in batch]
+        assert len(set(flat)) == len(flat) == per_epoch * 8  # no repeats inside an epoch
+    assert stream[0] != stream[per_epoch]  # each epoch has its own order
+    one.set_epoch(1, start_batch=4)
+    assert list(islice(one, 5)) == stream[per_epoch + 4:per_epoch + 9]
+    with pytest.raises(ValueError, match="global batch"):
+        EpochBatchSampler(5, 4, seed=0, world_size=2)
+
+
+def test_read_annotations(tmp_path):
+    write_jsonl(tmp_path / "a.jsonl", [{"video": "v/1.mp4", "caption": "one"},
+                                       {"video": "v/2.mp4", "caption": ["two", "deux"], "key": "k2"},
+                                       {"image": "i/3.jpg", "caption": "three"}])
+    records = read_video_text([tmp_path / "a.jsonl"], "/root")
+    assert [r.path for r in records] == ["/root/v/1.mp4", "/root/v/2.mp4", "/root/i/3.jpg"]
+    assert records[1].captions == ("two", "deux") and records[1].key == "k2" and records[0].key == "one"
+    assert [r.is_image for r in records] == [False, False, True]
+    write_jsonl(tmp_path / "q.jsonl", [{"video": "1.mp4", "question": "what?", "answer": "red",
+                                        "answer_type": "colour"},
+                                       {"video": "2.mp4", "question": "why?", "answer": "blue"}])
+    qa = read_qa([tmp_path / "q.jsonl"], None)
+    assert qa[0].answer_type == "colour" and qa[1].answer_type == "all"
+    (tmp_path / "bad.jsonl").write_text('{"video": "x.mp4"}\n')
+    with pytest.raises(AnnotationError, match="bad.jsonl:1"):
+        read_video_text([tmp_path / "bad.jsonl"], None)
+
+
+def test_answer_vocab_by_frequency_then_name():
+    assert build_answer_vocab(["b", "a", "b", "c", "a", "b"]) == {"b": 0, "a": 1, "c": 2}
+    assert build_answer_vocab(["b", "a", "b"], max_answers=1) == {"b": 0}
+
+
+def test_swap_words_is_simultaneous_and_whole_word():
+    mapping = {"left": "right", "right": "left"}
+    assert swap_words("Left of the right box, leftover", mapping) == "Right of the left box, leftover"
+
+
+def test_images_are_repeated_to_the_frame_count(tmp_path):
+    Image.fromarray(np.full((20, 30, 3), (200, 10, 10), dtype=np.uint8)).save(tmp_path / "red.png")
+    write_jsonl(tmp_path / "a.jsonl", [{"image": "red.png", "caption": "a red picture"}])
+    ds = VideoTextDataset(read_video_text([tmp_path / "a.jsonl"], str(tmp_path)), CONFIG, DataSection(num_workers=0),
+                          LossSection(), seed=0)
+    item = ds[(0, 0)]
+    assert item["video"].shape == (2, 3, 32, 32) and item["is_image"]
+    expected = normalize_frames(torch.tensor([200, 10, 10], dtype=torch.uint8).view(3, 1, 1).expand(3, 32, 32), CONFIG)
+    assert torch.allclose(item["video"][1], expected, atol=1e-5)
+
+
+def test_undecodable_records_are_skipped_and_reported(tmp_path):
+    from tests.video_factory import write_video
+
+    write_video(tmp_path / "good.mp4", 12, width=48, height=48)
+    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
+    write_jsonl(tmp_path / "a.jsonl", [{"video": "broken.mp4", "caption": "broken"},
+                                       {"video": "good.mp4", "caption": "good"}])
+    ds = VideoTextDataset(read_video_text([tmp_path / "a.jsonl"], str(tmp_path)), CONFIG, DataSection(), LossSection(),
+                          seed=0)
+    item = ds[(0, 0)]
+    assert item["index"] == 1 and item["skipped"] == [str(tmp_path / "broken.mp4")]
+    batch = collate([item, ds[(0, 1)]])
+    assert batch["skipped"] == [str(tmp_path / "broken.mp4")] and batch["video"].shape[0] == 2
+    write_jsonl(tmp_path / "b.jsonl", [{"video": "broken.mp4", "caption": "broken"}])
+    ds = VideoTextDataset(read_video_text([tmp_path / "b.jsonl"], str(tmp_path)), CONFIG, DataSection(max_skip=2),
+                          LossSection(), seed=0)
+    with pytest.raises(VideoError, match="cannot be decoded"):
+        ds[(0, 0)]
+
+
+def test_samples_are_a_function_of_seed_epoch_and_index():
+    data = DataSection(source="synthetic", synth_epoch_clips=10, hflip_prob=0.5)
+    ds = SyntheticVideoText(CONFIG, data, LossSection(), seed=1, mlm=True, pem=True)
+    a, b, c = ds[(0, 3)], ds[(0, 3)], ds[(1, 3)]
+    for key in ("video", "input_ids", "mlm_input_ids", "mlm_labels", "pem_video", "pem_mask"):
+        assert torch.equal(a[key], b[key]), key
+    assert not torch.equal(a["video"], c["video"])  # a fresh clip in the next epoch
+
+
+def test_synthetic_flip_relabels_left_and_right():
+    data = DataSection(source="synthetic", synth_epoch_clips=400, hflip_prob=1.0, synth_two_object_prob=0.0)
+    ds = SyntheticVideoText(preset_config("tiny", img_size=64, num_frames=2), data, LossSection(), seed=2)
+    tokenizer_decode = ds.builder.tokenizer.decode
+    found = 0
+    for i in range(400):
+        rng = np.random.default_rng([2, 0, i, 0])
+        spec = synth.sample_spec(rng, 0.0)
+        if spec.objects[0].motion not in ("left", "right"):
+            continue
+        caption = tokenizer_decode(ds[(0, i)]["input_ids"])
+        assert spec.flipped().caption() == caption and spec.caption() != caption
+        found += 1
+        if found == 3:
+            break
+    assert found == 3
+
+
+def test_synthetic_qa_balances_question_types_and_labels_answers():
+    answers = {a: i for i, a in enumerate(sorted({"one", "two", *synth.COLOURS, *synth.SHAPES}))}
+    ds = SyntheticQA(answers, CONFIG, DataSection(source="synthetic", synth_epoch_clips=700), seed=0)
+    items = [ds[(0, i)] for i in range(700)]
+    types = [it["answer_type"] for it in items]
+    for t in synth.ANSWER_TYPES:
+        assert abs(types.count(t) / len(types) - 1 / len(synth.ANSWER_TYPES)) < 0.05, t
+    for it in items:
+        if it["answer_type"] in ("colour", "shape", "count"):
+            assert it["answer"] >= 0
+        if it["answer_type"] == "direction":
+            assert it["answer"] == -100  # not in this vocabulary: ignored by the loss
+
+
+def test_qa_dataset_flips_answers(tmp_path):
+    from tests.video_factory import write_video
+
+    write_video(tmp_path / "v.mp4", 8, width=32, height=32)
+    write_jsonl(tmp_path / "q.jsonl", [{"video": "v.mp4", "question": "which way does it move?", "answer": "left"}])
+    answers = {"left": 0, "right": 1}
+    ds = QADataset(read_qa([tmp_path / "q.jsonl"], str(tmp_path)), answers, CONFIG, DataSection(hflip_prob=1.0), 0)
+    assert ds[(0, 0)]["answer"] == 1
+    ds = QADataset(read_qa([tmp_path / "q.jsonl"], str(tmp_path)), answers, CONFIG, DataSection(hflip_prob=0.0), 0)
+    assert ds[(0, 0)]["answer"] == 0

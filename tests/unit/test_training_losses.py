@@ -1,0 +1,151 @@
+"""ALPRO losses on a tiny model: VTC against the textbook formula, hard negatives never positive, all four
+terms finite and differentiable, QA ignores answers outside the vocabulary."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import create_model
+from model.alpro import prompter_config
+from training.losses import alpro_losses, qa_loss, sample_negatives, vtc_loss
+from training.masking import mask_tokens
+from training.prompter import crop_video, patch_mask, sample_box
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return create_model("tiny", text_hidden_dropout=0.0, text_attention_dropout=0.0, vision_drop_path_rate=0.0, **kw)
+
+
+def test_vtc_equals_symmetric_cross_entropy_without_duplicates():
+    model = tiny()
+    torch.manual_seed(1)
+    v = F.normalize(torch.randn(6, 256), dim=-1)
+    t = F.normalize(torch.randn(6, 256), dim=-1)
+    loss, sim, positives = vtc_loss(model, v, t, torch.arange(6))
+    logits = v @ t.t() / 0.07
+    expected = (F.cross_entropy(logits, torch.arange(6)) + F.cross_entropy(logits.t(), torch.arange(6))) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(positives, torch.eye(6, dtype=torch.bool))
+
+
+def test_vtc_spreads_the_target_over_duplicate_captions():
+    model = tiny()
+    torch.manual_seed(2)
+    v = F.normalize(torch.randn(4, 256), dim=-1)
+    t = F.normalize(torch.randn(4, 256), dim=-1)
+    keys = torch.tensor([5, 9, 5, 7])  # samples 0 and 2 describe the same content
+    loss, _, positives = vtc_loss(model, v, t, keys)
+    logits = v @ t.t() / 0.07
+    target = torch.tensor([[.5, 0, .5, 0], [0, 1, 0, 0], [.5, 0, .5, 0], [0, 0, 0, 1.]])
+    v2t = (target * logits.log_softmax(1)).sum(1).mean()
+    t2v = (target * logits.t().log_softmax(1)).sum(1).mean()
+    expected = -(v2t + t2v) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert positives[0, 2] and positives[2, 0] and not positives[0, 1]
+
+
+def test_hard_negatives_follow_softmax_and_skip_positives():
+    sim = torch.tensor([[5.0, 1.0, 0.0, 2.0, 4.0]] * 50)
+    positives = torch.zeros(50, 5, dtype=torch.bool)
+    positives[:, 0] = True
+    positives[:, 4] = True  # a duplicate caption: as positive as the diagonal
+    g = torch.Generator().manual_seed(0)
+    counts = torch.zeros(5)
+    for _ in range(400):
+        choice, valid = sample_negatives(sim, positives, g)
+        assert valid.all()
+        counts += torch.bincount(choice, minlength=5)
+    assert counts[0] == 0 and counts[4] == 0
+    expected = torch.softmax(torch.tensor([1.0, 0.0, 2.0]), 0) * counts.sum()
+    assert torch.allclose(counts[1:4], expected, rtol=0.05)
+
+
+def test_hard_ratio_mixes_in_uniform_negatives():
+    sim = torch.tensor([[9.0, 0.0, 0.0, 9.0]] * 400)
+    positives = torch.zeros(400, 4, dtype=torch.bool)
+    positives[:, 0] = True
+    g = torch.Generator().manual_seed(1)
+    hard = torch.bincount(sample_negatives(sim, positives, g, hard_ratio=1.0)[0], minlength=4)
+    assert hard[3] > 0.99 * 400  # similarity-driven: almost always the look-alike
+    mixed = torch.bincount(sample_negatives(sim, positives, g, hard_ratio=0.4)[0], minlength=4).float()
+    expected = torch.tensor([0.0, 0.6 / 3, 0.6 / 3, 0.4 + 0.6 / 3]) * 400  # 0.4 * softmax + 0.6 * uniform
+    assert mixed[0] == 0 and torch.allclose(mixed, expected, atol=30)
+
+
+def test_rows_without_negatives_are_flagged():
+    sim = torch.randn(3, 3)
+    positives = torch.ones(3, 3, dtype=torch.bool)
+    positives[0, 1] = False
+    choice, valid = sample_negatives(sim, positives, torch.Generator().manual_seed(0))
+    assert valid.tolist() == [True, False, False]
+    assert choice[0] == 1 and (choice[1:] == -1).all()
+
+
+def make_batch(model, keys, with_pem=False):
+    c = model.config
+    b = len(keys)
+    rng = np.random.default_rng(0)
+    torch.manual_seed(3)
+    video = torch.randn(b, c.num_frames, 3, c.img_size, c.img_size)
+    ids = torch.randint(1000, 2000, (b, 10))
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = torch.ones_like(ids)
+    mlm = [mask_tokens(row, rng, c.text.vocab_size) for row in ids]
+    batch = {"video": video, "input_ids": ids, "attention_mask": mask, "key": torch.tensor(keys),
+             "mlm_input_ids": torch.stack([m[0] for m in mlm]), "mlm_labels": torch.stack([m[1] for m in mlm]),
+             "is_image": torch.zeros(b, dtype=torch.bool)}
+    if with_pem:
+        boxes = [sample_box(rng, c.img_size, c.vision.patch_size) for _ in range(b)]
+        batch["pem_video"] = torch.stack([crop_video(v, box, c.preprocess.mean, c.preprocess.std)
+                                          for v, box in zip(video, boxes)])
+        batch["pem_mask"] = torch.stack([patch_mask(box, c.img_size, c.vision.patch_size) for box in boxes])
+    return batch
+
+
+def test_all_four_losses_are_finite_and_reach_their_parameters():
+    model = tiny(num_entities=7)
+    model.prompter.video_prompt_feat.copy_(F.normalize(torch.randn(7, 256), dim=-1))
+    model.train()
+    weights = {"vtc": 1.0, "vtm": 1.0, "mlm": 1.0, "pem": 1.0}
+    out = alpro_losses(model, make_batch(model, [1, 2, 3, 4], with_pem=True), weights, torch.Generator().manual_seed(0))
+    assert set(out.terms) >= set(weights)
+    assert all(torch.isfinite(v) for v in out.terms.values())
+    out.objective.backward()
+    for name in ("itm_head.weight", "mlm_head.dense.weight", "pem_head.fc2.weight", "vision_proj.weight",
+                 "text_proj.weight", "temp", "visual_encoder.patch_embed.proj.weight"):
+        grad = dict(model.named_parameters())[name].grad
+        assert grad is not None and grad.abs().sum() > 0, name
+    assert model.prompter.temp.grad is None  # the teacher's outputs carry no gradient
+    # PEM's target is the prompter's softmax: the loss is at least the targets' entropy
+    assert out.terms["pem"] > 0
+
+
+def test_vtm_with_duplicate_keys_only_scores_true_negatives():
+    model = tiny()
+    # all four samples share a key: no valid negative exists, so only the positive pairs are scored
+    out = alpro_losses(model, make_batch(model, [1, 1, 1, 1]), {"vtc": 1.0, "vtm": 1.0}, torch.Generator())
+    with torch.no_grad():
+        b = make_batch(model, [1, 1, 1, 1])
+        logits = model.vtm_logits(b["video"], b["input_ids"], b["attention_mask"])
+    assert out.terms["vtm"].item() == pytest.approx(F.cross_entropy(logits, torch.ones(4, dtype=torch.long)).item(),
+                                                    rel=1e-4)
+
+
+def test_qa_loss_ignores_answers_outside_the_vocabulary():
+    model = tiny(num_answers=5)
+    b = make_batch(model, [1, 2, 3])
+    b["answer"] = torch.tensor([2, -100, 4])
+    out = qa_loss(model, b)
+    with torch.no_grad():
+        logits = model.answer_logits(b["video"], b["input_ids"], b["attention_mask"])
+    expected = F.cross_entropy(logits[[0, 2]], torch.tensor([2, 4]))
+    assert out.objective.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_prompter_config_matches_the_model():
+    model = tiny(num_entities=3)
+    assert model.prompter.config == prompter_config(model.config)
