@@ -8,7 +8,7 @@ test: install
 
 # pytest exits 5 when no test is selected; that is not a failure for this optional job.
 test-slow: install
-	.venv/bin/python -m pytest -m "slow and not gpu" -q; rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
+	.venv/bin/python -m pytest -m "slow and not gpu" -q $(SLOW_ARGS); rc=$$?; [ $$rc -eq 5 ] && rc=0; exit $$rc
 
 bench: install
 	.venv/bin/python -m bench.model_speed

@@ -105,3 +105,17 @@ def test_bad_override_is_a_clean_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "training", "finetune-qa", "--set", "optim.lrr=1"], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "optim.lrr" in proc.stderr
+
+
+def test_time_budget_stops_the_run(tmp_path):
+    from training.config import load_config
+    from training.trainer import train
+
+    config = load_config(None, ["data.source=synthetic", "data.synth_epoch_clips=64", "data.num_workers=0",
+                                "train.batch_size=2", "train.max_minutes=0.05", "train.time_probe_steps=2",
+                                "train.progress=false", f"train.output_dir={tmp_path}"], task="finetune-retrieval")
+    result = train(config)
+    assert result.steps >= 1 and result.final is not None
+    assert result.train_seconds < 3.0 + 30.0  # the 3 s budget plus at most one (slow, shared-CPU) step
+    rows = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines() if '"loss"' in line]
+    assert rows[-1]["step"] == result.steps
