@@ -88,12 +88,11 @@ def run(seed: int, work: Path, retrieval_steps: int = 0, qa_steps: int = 0, retr
                                                    fps=8, val_videos=0, test_videos=test_videos),
                               workers=workers, overwrite=True)
     synth_seconds = time.perf_counter() - start
-    ret_cfg.data.synth_corpus = str(corpus)
     with LoadSampler() as load:
         ret = train(ret_cfg)
         qa_cfg = load_config(qa_config, [f"train.seed={seed}", f"train.output_dir={work / 'qa'}",
                                          *_length(qa_steps, qa_minutes), f"model.init={ret.final}",
-                                         f"data.synth_corpus={corpus}", f"train.progress={str(progress).lower()}",
+                                         f"train.progress={str(progress).lower()}",
                                          *qa_overrides])
         qa = train(qa_cfg)
     eval_start = time.perf_counter()

@@ -95,6 +95,8 @@ class OptimSection:
     min_lr_ratio: float = 0.0  # lr at the end of the decay, as a share of lr
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     head_lr_mult: float = 1.0  # lr multiplier for newly created heads (QA classifier, PEM head)
+    encoder_lr_mult: float = 1.0  # lr multiplier for the unimodal encoders (video, text embeddings and text
+    #                              layers); 0 freezes them (fine-tuning a fusion + head on pre-trained features)
 
 
 @dataclass

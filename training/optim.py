@@ -25,19 +25,29 @@ def no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or leaf == "bias" or any(part in name for part in NO_DECAY_NAMES)
 
 
+def encoder_prefixes(model: nn.Module) -> tuple[str, ...]:
+    """Parameter names of the unimodal encoders: the video encoder, text embeddings and text-only layers."""
+    fusion = model.config.text.fusion_layer
+    return ("visual_encoder.", "text_encoder.embeddings.", *(f"text_encoder.layers.{i}." for i in range(fusion)))
+
+
 def parameter_groups(model: nn.Module, config: OptimSection, new_heads: tuple[str, ...] = ()) -> list[dict]:
-    """Trainable parameters in (decay, no-decay) x (body, new head) groups."""
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    """Trainable parameters grouped by (no decay, lr multiplier): new heads get head_lr_mult, the unimodal
+    encoders encoder_lr_mult, everything else (fusion layers, projections, temp, old heads) the base lr."""
+    encoders = encoder_prefixes(model)
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        head = any(name.startswith(prefix) for prefix in new_heads)
-        groups.setdefault((no_decay(name, param), head), []).append(param)
-    out = []
-    for (skip_decay, head), params in sorted(groups.items()):
-        out.append({"params": params, "weight_decay": 0.0 if skip_decay else config.weight_decay,
-                    "lr": config.lr * (config.head_lr_mult if head else 1.0)})
-    return out
+        if name.startswith(tuple(new_heads)):
+            mult = config.head_lr_mult
+        elif name.startswith(encoders):
+            mult = config.encoder_lr_mult
+        else:
+            mult = 1.0
+        groups.setdefault((no_decay(name, param), mult), []).append(param)
+    return [{"params": params, "weight_decay": 0.0 if skip_decay else config.weight_decay, "lr": config.lr * mult}
+            for (skip_decay, mult), params in sorted(groups.items())]
 
 
 def build_optimizer(model: nn.Module, config: OptimSection, new_heads: tuple[str, ...] = ()) -> torch.optim.AdamW:

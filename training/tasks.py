@@ -29,6 +29,7 @@ from .data import (KeyedDataset, QADataset, SyntheticQA, SyntheticVideoText, Vid
 from .evaluate import evaluate_qa, evaluate_retrieval
 from .losses import LossOutput, alpro_losses, qa_loss
 from .modeling import base_config, build_model, freeze, new_head_prefixes, task_config
+from .optim import encoder_prefixes
 from .prompter import build_prompt_features, extract_entities, read_entities
 
 logger = logging.getLogger(__name__)
@@ -161,6 +162,10 @@ def prepare(config: TrainConfig) -> TaskSetup:
             build_prompt_features(m, tokenizer, entities)
 
     freeze(model, task, weights)
+    if config.optim.encoder_lr_mult == 0:
+        for name, param in model.named_parameters():
+            if name.startswith(encoder_prefixes(model)):
+                param.requires_grad_(False)
     return TaskSetup(model=model, train_dataset=dataset, loss_weights=weights, best_metric=best,
                      evaluate=evaluate, before_save=before_save, files=files,
                      new_heads=new_head_prefixes(config.model, task))

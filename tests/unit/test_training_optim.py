@@ -72,3 +72,15 @@ def test_freeze_follows_the_losses():
     model = create_model("tiny")
     frozen = freeze(model, "finetune-retrieval", {"vtc": 1.0, "vtm": 1.0})
     assert all(n.startswith("mlm_head.") for n in frozen)
+
+
+def test_lr_multipliers_for_encoders_and_new_heads():
+    model = create_model("tiny", num_answers=3)  # tiny: text layers 0-1 encode text, 2-3 fuse
+    groups = parameter_groups(model, OptimSection(lr=1.0, encoder_lr_mult=0.1, head_lr_mult=5.0), ("qa_head.",))
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    assert lr_of[id(params["visual_encoder.blocks.0.attn.qkv.weight"])] == pytest.approx(0.1)
+    assert lr_of[id(params["text_encoder.layers.1.fc1.weight"])] == pytest.approx(0.1)
+    assert lr_of[id(params["text_encoder.embeddings.word_embeddings.weight"])] == pytest.approx(0.1)
+    assert lr_of[id(params["text_encoder.layers.2.fc1.weight"])] == pytest.approx(1.0)  # fusion
+    assert lr_of[id(params["qa_head.fc1.weight"])] == pytest.approx(5.0)
