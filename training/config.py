@@ -78,6 +78,7 @@ class LossSection:
     mlm_prob: float = 0.15  # share of real tokens chosen for MLM
     vtm_negatives: str = "global"  # "global": from the all-gathered batch (DDP == 1 process); "local"
     vtm_hard_ratio: float = 1.0  # share of VTM negatives drawn by similarity (reference: 1); the rest uniform
+    vtm_pairs: int = 0  # positives per micro-batch VTM scores (each with 2 negatives); 0 = all (reference)
     pem_area: tuple[float, float] = (0.3, 0.5)  # crop area as a share of the frame
     pem_aspect: tuple[float, float] = (0.3, 1 / 0.3)  # crop width / height
     pem_min_confidence: float = 0.0  # ignore crops whose top pseudo-label probability is below this
@@ -159,6 +160,8 @@ class TrainConfig:
             raise TrainConfigError("train.batch_size and train.grad_accum must be >= 1")
         if self.task == "pretrain" and self.loss.pem > 0 and not self.model.prompter:
             raise TrainConfigError("pretrain with loss.pem > 0 needs model.prompter (run pretrain-prompter first)")
+        if self.loss.vtm_pairs < 0:
+            raise TrainConfigError(f"loss.vtm_pairs must be >= 0, got {self.loss.vtm_pairs}")
         if not 0.0 <= self.loss.vtm_hard_ratio <= 1.0:
             raise TrainConfigError(f"loss.vtm_hard_ratio must be in [0, 1], got {self.loss.vtm_hard_ratio}")
         if not 0.0 <= self.loss.mlm_prob <= 1.0:
@@ -277,13 +280,7 @@ def load_config(path: Union[str, Path, None] = None, overrides: list[str] = (), 
     """YAML file (or `base` dict) + dotted overrides -> validated TrainConfig; relative paths stay as given."""
     data: dict[str, Any] = dict(base or {})
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise TrainConfigError(f"cannot read config {path}: {e}") from e
-        if not isinstance(loaded, dict):
-            raise TrainConfigError(f"config {path} must be a mapping at the top level")
-        data = _merge(data, loaded)
+        data = _merge(data, read_yaml_config(Path(path)))
     for text in overrides:
         apply_override(data, *parse_override(text))
     if task is not None:
@@ -293,6 +290,23 @@ def load_config(path: Union[str, Path, None] = None, overrides: list[str] = (), 
     config = _build(TrainConfig, data)
     config.validate()
     return config
+
+
+def read_yaml_config(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """One config file; `extends: other.yaml` (relative to this file) is read first and this file merged over it."""
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise TrainConfigError(f"cannot read config {path}: {e}") from e
+    if not isinstance(loaded, dict):
+        raise TrainConfigError(f"config {path} must be a mapping at the top level")
+    parent = loaded.pop("extends", None)
+    if parent is None:
+        return loaded
+    parent_path = (path.parent / str(parent)).resolve()
+    if parent_path in seen or parent_path == path.resolve():
+        raise TrainConfigError(f"config {path}: `extends` goes round in a circle at {parent_path}")
+    return _merge(read_yaml_config(parent_path, (*seen, path.resolve())), loaded)
 
 
 def _merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -96,8 +96,13 @@ def sample_negatives(sim: torch.Tensor, positives: torch.Tensor, generator: torc
 
 def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], generator: torch.Generator,
                  vtm_negatives: str = "global", pem_min_confidence: float = 0.0,
-                 vtm_hard_ratio: float = 1.0) -> LossOutput:
-    """VTC / VTM / MLM / PEM (those with weight > 0) for one micro-batch on this rank."""
+                 vtm_hard_ratio: float = 1.0, vtm_pairs: int = 0) -> LossOutput:
+    """VTC / VTM / MLM / PEM (those with weight > 0) for one micro-batch on this rank.
+
+    vtm_pairs > 0 scores VTM on only the first `vtm_pairs` positives of the micro-batch and their two
+    negatives (negatives are still drawn from the whole batch): the fusion passes for VTM are most of a
+    small model's step, so a compute-bound run trades VTM pairs for steps. 0 scores all (the reference).
+    """
     video, ids, mask, keys = batch["video"], batch["input_ids"], batch["attention_mask"], batch["key"]
     b, length = ids.shape
     terms: dict[str, torch.Tensor] = {}
@@ -133,17 +138,20 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
             neg_video, valid_v = sample_negatives(sim.t()[local, local], positives[local, local].t(), generator,
                                                     vtm_hard_ratio)
             video_all, text_all, mask_all = video_tokens, text_tokens, mask
-        nt = neg_text.clamp_min(0).to(ids.device)
-        nv = neg_video.clamp_min(0).to(ids.device)
+        n = min(vtm_pairs, b) if vtm_pairs > 0 else b
+        p = b if weights.get("pem", 0) > 0 else n  # PEM reads the fused positives of the whole batch
+        nt = neg_text[:n].clamp_min(0).to(ids.device)
+        nv = neg_video[:n].clamp_min(0).to(ids.device)
         # rows: positives (v_i, t_i), negative texts (v_i, t_nt[i]), negative videos (v_nv[i], t_i)
-        fused = model.fuse(torch.cat([video_tokens, video_tokens, video_all[nv]]),
-                           torch.cat([text_tokens, text_all[nt], text_tokens]),
-                           torch.cat([mask, mask_all[nt], mask]))  # (3B, L + 1 + N, D)
-        fused_pos = fused[:b]
+        fused = model.fuse(torch.cat([video_tokens[:p], video_tokens[:n], video_all[nv]]),
+                           torch.cat([text_tokens[:p], text_all[nt], text_tokens[:n]]),
+                           torch.cat([mask[:p], mask_all[nt], mask[:n]]))  # (p + 2n, L + 1 + N, D)
+        fused_pos = fused[:p]
         if weights.get("vtm", 0) > 0:
-            logits = model.itm_head(fused[:, 0]).float()  # (3B, 2)
-            labels = torch.cat([torch.ones(b), torch.zeros(2 * b)]).long().to(logits.device)
-            keep = torch.cat([torch.ones(b, dtype=torch.bool), valid_t, valid_v]).to(logits.device)
+            rows = torch.cat([fused[:n, 0], fused[p:, 0]])
+            logits = model.itm_head(rows).float()  # (3n, 2)
+            labels = torch.cat([torch.ones(n), torch.zeros(2 * n)]).long().to(logits.device)
+            keep = torch.cat([torch.ones(n, dtype=torch.bool), valid_t[:n], valid_v[:n]]).to(logits.device)
             per_pair = F.cross_entropy(logits, labels, reduction="none") * keep
             loss = global_mean(per_pair.sum(), keep.sum())
             terms["vtm"] = loss.detach()

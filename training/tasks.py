@@ -62,7 +62,8 @@ class LossModule(nn.Module):
             out: LossOutput = qa_loss(self.model, batch)
         else:
             out = alpro_losses(self.model, batch, self.weights, generator, self.loss.vtm_negatives,
-                               self.loss.pem_min_confidence, self.loss.vtm_hard_ratio)
+                               self.loss.pem_min_confidence, self.loss.vtm_hard_ratio,
+                               self.loss.vtm_pairs)
         return out.objective, out.terms
 
 

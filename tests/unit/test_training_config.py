@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import TrainConfig, TrainConfigError, load_config
+from training.config import TrainConfig, TrainConfigError, load_config, read_yaml_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,9 +60,24 @@ def test_saved_config_loads_back_equal(tmp_path):
     assert yaml.safe_load(saved.read_text())["loss"]["vtm"] == 0.5
 
 
+def test_extends_merges_the_parent_under_the_child(tmp_path):
+    (tmp_path / "base.yaml").write_text("task: pretrain\ndata: {source: synthetic, num_workers: 3}\n"
+                                        "optim: {lr: 1.0e-3, weight_decay: 0.2}\nloss: {pem: 0.0}\n")
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("extends: ../base.yaml\noptim: {lr: 5.0e-4}\ntrain: {max_steps: 9}\n")
+    config = load_config(child, ["data.num_workers=1"])
+    assert config.task == "pretrain" and config.data.source == "synthetic"
+    assert config.optim.lr == pytest.approx(5e-4) and config.optim.weight_decay == pytest.approx(0.2)
+    assert config.train.max_steps == 9 and config.data.num_workers == 1
+    (tmp_path / "base.yaml").write_text("extends: sub/child.yaml\n")
+    with pytest.raises(TrainConfigError, match="circle"):
+        load_config(child)
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
 def test_shipped_configs_load(name):
-    data = yaml.safe_load((ROOT / "configs" / name).read_text())
+    data = read_yaml_config(ROOT / "configs" / name)
     overrides = [] if data.get("data", {}).get("source") == "synthetic" or data.get("data", {}).get("train") \
         else ["data.train=x.jsonl"]
     if data.get("task") == "pretrain" and not data.get("model", {}).get("prompter"):

@@ -135,6 +135,22 @@ def test_vtm_with_duplicate_keys_only_scores_true_negatives():
                                                     rel=1e-4)
 
 
+def test_vtm_pairs_scores_only_the_first_positives_and_their_negatives():
+    model = tiny()
+    model.eval()  # no dropout: the same batch gives the same numbers
+    weights = {"vtc": 1.0, "vtm": 1.0}
+    batch = make_batch(model, [1, 1, 1, 1])  # no valid negatives: only positives are scored
+    out = alpro_losses(model, batch, weights, torch.Generator(), vtm_pairs=2)
+    with torch.no_grad():
+        logits = model.vtm_logits(batch["video"][:2], batch["input_ids"][:2], batch["attention_mask"][:2])
+    assert out.terms["vtm"].item() == pytest.approx(F.cross_entropy(logits, torch.ones(2, dtype=torch.long)).item(),
+                                                    rel=1e-4)
+    distinct = make_batch(model, [1, 2, 3, 4])
+    every = alpro_losses(model, distinct, weights, torch.Generator().manual_seed(3))
+    capped = alpro_losses(model, distinct, weights, torch.Generator().manual_seed(3), vtm_pairs=8)
+    assert capped.terms["vtm"].item() == pytest.approx(every.terms["vtm"].item(), rel=1e-6)
+
+
 def test_qa_loss_ignores_answers_outside_the_vocabulary():
     model = tiny(num_answers=5)
     b = make_batch(model, [1, 2, 3])
