@@ -30,7 +30,7 @@ fi
 # run continue where it stopped (--resume auto).
 paths=(--set "data.synth_corpus=$CORPUS" --set "data.video_root=$CORPUS" --set train.ckpt_every=50)
 if [[ ! -f "$RET/final/config.json" ]]; then
-    say "training the demo retrieval checkpoint (configs/demo.yaml, about 7 minutes on 2 cores)"
+    say "training the demo retrieval checkpoint (configs/demo.yaml, about 8 minutes on 2 cores)"
     "$BIN/alpro-train" pretrain --config configs/demo.yaml "${paths[@]}" --output-dir "$RET" --resume auto
 fi
 if [[ ! -f "$QA/final/config.json" ]]; then
