@@ -2,7 +2,7 @@
 
     alpro-train pretrain-prompter  --config configs/pretrain_prompter.yaml
     alpro-train pretrain           --config configs/pretrain.yaml --set model.prompter=runs/prompter/final
-    alpro-train finetune-retrieval --config configs/demo.yaml --set optim.lr=2e-4 --set train.epochs=3
+    alpro-train pretrain           --config configs/demo.yaml --set optim.lr=2e-4 --set train.max_steps=600
     alpro-train finetune-qa        --config configs/demo_qa.yaml --resume auto
     torchrun --nproc-per-node 8 -m training finetune-retrieval --config configs/msrvtt_ret.yaml
 
