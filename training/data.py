@@ -338,16 +338,17 @@ class KeyedDataset(Dataset):
                          f"last: {skipped[-1]}")
 
 
-class VideoTextDataset(KeyedDataset):
-    """Video-text and image-text pairs from annotation files (pretrain, prompter and retrieval training)."""
+class _RecordDataset(KeyedDataset):
+    """Records read from annotation files, decoded through the model's frame pipeline; an undecodable record
+    is replaced by the following one (at most `data.max_skip` in a row)."""
 
-    def __init__(self, records: Sequence[VideoTextRecord], model_config: AlproConfig, data: DataSection,
-                 loss: LossSection, seed: int, mlm: bool = False, pem: bool = False) -> None:
+    def __init__(self, records: Sequence[Any], what: str, model_config: AlproConfig, data: DataSection,
+                 builder: SampleBuilder, seed: int) -> None:
         self.records = list(records)
         if not self.records:
-            raise AnnotationError("no training records")
+            raise AnnotationError(f"no {what} records")
         self.frames = FramePipeline(model_config, data)
-        self.builder = SampleBuilder(model_config, loss, mlm, pem)
+        self.builder = builder
         self.data, self.seed, self.max_skip = data, seed, data.max_skip
 
     def __len__(self) -> int:
@@ -355,6 +356,14 @@ class VideoTextDataset(KeyedDataset):
 
     def path_of(self, index: int) -> str:
         return self.records[index].path
+
+
+class VideoTextDataset(_RecordDataset):
+    """Video-text and image-text pairs from annotation files (pretrain, prompter and retrieval training)."""
+
+    def __init__(self, records: Sequence[VideoTextRecord], model_config: AlproConfig, data: DataSection,
+                 loss: LossSection, seed: int, mlm: bool = False, pem: bool = False) -> None:
+        super().__init__(records, "training", model_config, data, SampleBuilder(model_config, loss, mlm, pem), seed)
 
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         record = self.records[index]
@@ -371,24 +380,14 @@ class VideoTextDataset(KeyedDataset):
         return out
 
 
-class QADataset(KeyedDataset):
+class QADataset(_RecordDataset):
     """Video question answering pairs from annotation files."""
 
     def __init__(self, records: Sequence[QARecord], answers: dict[str, int], model_config: AlproConfig,
                  data: DataSection, seed: int) -> None:
-        self.records = list(records)
-        if not self.records:
-            raise AnnotationError("no QA training records")
+        super().__init__(records, "QA training", model_config, data,
+                         SampleBuilder(model_config, LossSection(), mlm=False, pem=False), seed)
         self.answers = answers
-        self.frames = FramePipeline(model_config, data)
-        self.builder = SampleBuilder(model_config, LossSection(), mlm=False, pem=False)
-        self.data, self.seed, self.max_skip = data, seed, data.max_skip
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def path_of(self, index: int) -> str:
-        return self.records[index].path
 
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         record = self.records[index]
