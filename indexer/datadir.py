@@ -229,7 +229,8 @@ class IndexSnapshot:
     def locate(self, segment_ids: Sequence[int]) -> list[tuple[str, int]]:
         """(video_id, segment index) of each segment id, without the database."""
         rows = self._rows(segment_ids)
-        return [(self._video_ids[self._video_pos[r]], int(self._seg_index[r])) for r in rows]
+        video_ids = self._video_ids
+        return [(video_ids[v], s) for v, s in zip(self._video_pos[rows].tolist(), self._seg_index[rows].tolist())]
 
     def vectors(self, segment_ids: Sequence[int]) -> np.ndarray:
         """(n, dim) float32 stored vectors of these segments."""

@@ -9,6 +9,7 @@ checkpoints) and `eval` (validation during training and `alpro-eval`). Unknown k
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ class DataSection:
     synth_two_object_prob: float = 0.3  # share of clips with two shapes
     synth_qa_balance: bool = True  # QA: draw the question type uniformly, then a clip that has one
     synth_noise: float = 0.0  # std of Gaussian pixel noise (0-255 scale) added to rendered frames
+    synth_group: int = 1  # video-text: batches hold groups of this many clips that differ in one attribute
 
 
 @dataclass
@@ -166,6 +168,9 @@ class TrainConfig:
             raise TrainConfigError(f"loss.vtm_hard_ratio must be in [0, 1], got {self.loss.vtm_hard_ratio}")
         if not 0.0 <= self.loss.mlm_prob <= 1.0:
             raise TrainConfigError(f"loss.mlm_prob must be in [0, 1], got {self.loss.mlm_prob}")
+        if self.data.synth_group < 1 or self.train.batch_size % self.data.synth_group:
+            raise TrainConfigError(f"data.synth_group ({self.data.synth_group}) must be >= 1 and divide "
+                                   f"train.batch_size ({self.train.batch_size})")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -175,6 +180,17 @@ class TrainConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
         return path
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false, so `amp: off` stays the string "off" (YAML 1.1 reads a bool)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                              list("tTfF"))
 
 
 def _plain(value: Any) -> Any:
@@ -257,7 +273,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not parts:
         raise TrainConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
     except yaml.YAMLError as e:
         raise TrainConfigError(f"cannot parse the value of override {text!r}: {e}") from e
     return parts, value
@@ -295,7 +311,7 @@ def load_config(path: Union[str, Path, None] = None, overrides: list[str] = (), 
 def read_yaml_config(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """One config file; `extends: other.yaml` (relative to this file) is read first and this file merged over it."""
     try:
-        loaded = yaml.safe_load(path.read_text()) or {}
+        loaded = yaml.load(path.read_text(), Loader=_Loader) or {}
     except (OSError, yaml.YAMLError) as e:
         raise TrainConfigError(f"cannot read config {path}: {e}") from e
     if not isinstance(loaded, dict):

@@ -31,6 +31,17 @@ def test_yaml_and_dotted_overrides(tmp_path):
     assert config.optim.weight_decay == TrainConfig().optim.weight_decay  # defaults kept
 
 
+def test_off_on_yes_no_are_strings_not_yaml_1_1_booleans(tmp_path):
+    # `amp: off` is how the docs spell it; YAML 1.1 (PyYAML's default) would read False and fail the str check
+    path = write(tmp_path, "task: finetune-retrieval\ndata: {source: synthetic}\ntrain: {amp: off, progress: false}\n")
+    assert load_config(path).train.amp == "off"
+    config = load_config(path, ["train.amp=off", "train.progress=true", "model.overrides.text_hidden_act=on"])
+    assert config.train.amp == "off" and config.train.progress is True
+    assert config.model.overrides["text_hidden_act"] == "on"
+    with pytest.raises(TrainConfigError, match="progress"):
+        load_config(path, ["train.progress=yes"])  # a bool field takes true/false only
+
+
 def test_unknown_keys_and_bad_types_are_errors(tmp_path):
     path = write(tmp_path, "data: {source: synthetic}\n")
     with pytest.raises(TrainConfigError, match="optim.lrr"):
