@@ -64,14 +64,17 @@ class AlproModel(nn.Module):
     # Initialisation and switches
 
     def reset_parameters(self) -> None:
-        """Random init as the reference: BERT normal(0.02); ViT truncated normal(0.02); zero time_embed."""
+        """Random init as the reference: BERT normal(0.02); ViT truncated normal(0.02); zero time_embed.
+        The text encoder's std is `config.text.init_std` (0.02 unless set)."""
+        text = set(self.text_encoder.modules())
         for module in self.modules():
+            std = self.config.text.init_std if module in text else 0.02
             if isinstance(module, (nn.Linear, nn.Conv2d)):
-                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.trunc_normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, std=0.02)
+                nn.init.normal_(module.weight, std=std)
             elif isinstance(module, nn.LayerNorm):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)

@@ -138,3 +138,18 @@ def test_pretraining_model_has_prompter_and_pem():
     patch_mask = torch.zeros(2, model.config.vision.num_patches)
     patch_mask[:, :2] = 1
     assert model.pem_logits(fused_video, patch_mask).shape == (2, 10)
+
+
+def test_text_init_std_scales_only_the_random_text_init():
+    torch.manual_seed(0)
+    default = create_model("tiny")
+    torch.manual_seed(0)
+    wide = create_model("tiny", text_init_std=0.15)
+    for (name, a), (_, b) in zip(default.named_parameters(), wide.named_parameters()):
+        if a.dim() < 2 or a.numel() < 1000:
+            continue
+        if name.startswith("text_encoder."):
+            assert b.std().item() == pytest.approx(0.15, rel=0.1), name
+            assert a.std().item() == pytest.approx(0.02, rel=0.1), name
+        elif not name.startswith("visual_encoder.time_embed"):
+            torch.testing.assert_close(a, b, msg=name)  # video side and heads as before
