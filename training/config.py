@@ -66,7 +66,6 @@ class DataSection:
     synth_two_object_prob: float = 0.3  # share of clips with two shapes
     synth_qa_balance: bool = True  # QA: draw the question type uniformly, then a clip that has one
     synth_noise: float = 0.0  # std of Gaussian pixel noise (0-255 scale) added to rendered frames
-    synth_group: int = 1  # video-text: batches hold groups of this many clips that differ in one attribute
 
 
 @dataclass
@@ -168,9 +167,6 @@ class TrainConfig:
             raise TrainConfigError(f"loss.vtm_hard_ratio must be in [0, 1], got {self.loss.vtm_hard_ratio}")
         if not 0.0 <= self.loss.mlm_prob <= 1.0:
             raise TrainConfigError(f"loss.mlm_prob must be in [0, 1], got {self.loss.mlm_prob}")
-        if self.data.synth_group < 1 or self.train.batch_size % self.data.synth_group:
-            raise TrainConfigError(f"data.synth_group ({self.data.synth_group}) must be >= 1 and divide "
-                                   f"train.batch_size ({self.train.batch_size})")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
