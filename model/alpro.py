@@ -65,7 +65,8 @@ class AlproModel(nn.Module):
 
     def reset_parameters(self) -> None:
         """Random init as the reference: BERT normal(0.02); ViT truncated normal(0.02); zero time_embed.
-        The text encoder's std is `config.text.init_std` (0.02 unless set)."""
+        The text encoder's std is `config.text.init_std` (0.02 unless set); `time_embed` is truncated normal
+        with `config.vision.time_init_std` when that is set, `pos_embed` with `config.vision.pos_init_std`."""
         text = set(self.text_encoder.modules())
         for module in self.modules():
             std = self.config.text.init_std if module in text else 0.02
@@ -79,9 +80,12 @@ class AlproModel(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         enc = self.visual_encoder
-        nn.init.trunc_normal_(enc.pos_embed, std=0.02)
+        nn.init.trunc_normal_(enc.pos_embed, std=self.config.vision.pos_init_std)
         nn.init.trunc_normal_(enc.cls_token, std=0.02)
-        nn.init.zeros_(enc.time_embed)
+        if self.config.vision.time_init_std > 0:
+            nn.init.trunc_normal_(enc.time_embed, std=self.config.vision.time_init_std)
+        else:
+            nn.init.zeros_(enc.time_embed)
         for i, block in enumerate(enc.blocks):
             if i > 0:  # the reference leaves the first temporal_fc random and zeroes the rest
                 nn.init.zeros_(block.temporal_fc.weight)

@@ -34,6 +34,14 @@ class VisionConfig:
     layer_norm_eps: float = 1e-6  # LayerNorm epsilon
     drop_path_rate: float = 0.1  # stochastic depth at the last block (linear from 0), training only
     num_classes: int = 400  # size of the unused Kinetics head kept in official checkpoints
+    # std of the random init of `pos_embed` and `time_embed` (random init only; loading replaces them). The
+    # reference starts from ImageNet ViT weights (pos_embed learned, time_embed zero, as model.pretrained_init
+    # does). From scratch, a zero or small time embedding leaves the encoder blind to frame order: the output
+    # is a mean over frames and temporal attention is symmetric in them. The tiny learning model (reference
+    # init) embedded a clip and the same clip played backwards at cosine 0.9999994 after training, with
+    # patch tokens of norm 25 against position/time embeddings of norm 0.1-0.25 (left vs right at chance).
+    pos_init_std: float = 0.02
+    time_init_std: float = 0.0
 
     @property
     def grid_size(self) -> int:
@@ -52,6 +60,8 @@ class VisionConfig:
             raise ConfigError(f"vision embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.num_frames < 1 or self.depth < 1:
             raise ConfigError("vision num_frames and depth must be >= 1")
+        if self.pos_init_std < 0 or self.time_init_std < 0:
+            raise ConfigError("vision pos_init_std and time_init_std must be >= 0")
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from fastapi.staticfiles import StaticFiles
 from .deps import require_api_key
 from .engine import Engine
 from .errors import StartupError, install_error_handlers
+from .fastpath import SearchFastPath
 from .metrics import Metrics, MetricsMiddleware
 from .middleware import BodyLimitMiddleware
 from .routes import search, system, ui, videos
@@ -69,11 +70,14 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     app.include_router(ui.router)
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
-    # added innermost first: metrics sees everything, CORS headers go on 413s too
+    # added innermost first: metrics sees everything, CORS headers go on 413s too; the /search fast path
+    # answers plain searches before CORS, the body limit and the router (it hands every other case on)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins, allow_methods=["GET", "POST", "HEAD"],
                            allow_headers=["Content-Type", "X-API-Key", "Range"],
                            expose_headers=["Content-Range", "Accept-Ranges", "Retry-After"])
+    if settings.search_fast_path:
+        app.add_middleware(SearchFastPath, owner=app, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

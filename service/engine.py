@@ -122,6 +122,8 @@ class Engine:
         self.data_dir = data_dir
         self.catalog = Catalog(data_dir.engine)
         self.row_cache = RowCache(settings.row_cache_size)
+        self._row_hits = metrics.cache_lookups.labels("segment_rows", "hit")  # bound once: no label look-up a search
+        self._row_misses = metrics.cache_lookups.labels("segment_rows", "miss")
         self.retrieval = retrieval
         self.qa = qa
         self.device = settings.resolved_device
@@ -389,11 +391,15 @@ class Engine:
         for stage, seconds in timer.seconds.items():
             if stage != "rerank" or reranked:
                 self.metrics.observe_stage(stage, seconds)
-        return schemas.SearchResponse(
+        # built from values of the right types (the request was validated): no second validation pass
+        timings = timer.seconds
+        return schemas.SearchResponse.model_construct(
             query=request.query, results=[self._hit(c) for c in page], offset=offset,
             next_cursor=encode_cursor(end, query_key(request)) if has_more else None, reranked=reranked,
             index_version=version, took_ms=round((time.perf_counter() - start) * 1000, 3),
-            timings=schemas.StageTimings(**{f"{k}_ms": round(v * 1000, 3) for k, v in timer.seconds.items()}))
+            timings=schemas.StageTimings.model_construct(
+                encode_ms=round(timings["encode"] * 1000, 3), faiss_ms=round(timings["faiss"] * 1000, 3),
+                db_ms=round(timings["db"] * 1000, 3), rerank_ms=round(timings["rerank"] * 1000, 3)))
 
     async def _candidates(self, hits: _Hits, snapshot: IndexSnapshot, rows: dict[int, Optional[SegmentRow]],
                           metric: str, filters: Optional[schemas.SearchFilters], want: int,
@@ -411,13 +417,13 @@ class Engine:
             chunk = firsts[pos:pos + (want - len(out)) * (4 if filters is not None else 1)]
             pos += len(chunk)
             missing = [ids[i] for i in chunk if ids[i] not in rows]
-            if missing:
+            if missing and self.row_cache.max_rows > 0:
                 cached = self.row_cache.get_many(snapshot.version, missing)
                 rows.update(cached)
-                self.metrics.cache_lookups.labels("segment_rows", "hit").inc(len(cached))
+                self._row_hits.inc(len(cached))
                 missing = [segment_id for segment_id in missing if segment_id not in cached]
             if missing:
-                self.metrics.cache_lookups.labels("segment_rows", "miss").inc(len(missing))
+                self._row_misses.inc(len(missing))
                 t = time.perf_counter()
                 found = await self._db(self.catalog.segments, missing, observe=False)
                 timer.add("db", time.perf_counter() - t)

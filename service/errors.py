@@ -101,6 +101,13 @@ def error_response(status: int, code: str, message: str, *, headers: Optional[di
     return JSONResponse(error_body(code, message, detail), status_code=status, headers=headers)
 
 
+def service_error_response(exc: ServiceError, method: str, path: str) -> JSONResponse:
+    """The response for an error the service raised on purpose (also used by the /search fast path)."""
+    if exc.status_code >= 500 and exc.status_code != 501:
+        logger.info("%s %s -> %d %s", method, path, exc.status_code, exc.message)
+    return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
+
+
 def _validation_message(errors: list[dict[str, Any]]) -> str:
     parts = []
     for err in errors[:5]:
@@ -126,9 +133,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        if exc.status_code >= 500 and exc.status_code != 501:
-            logger.info("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.message)
-        return error_response(exc.status_code, exc.code, exc.message, headers=exc.headers)
+        return service_error_response(exc, request.method, request.url.path)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

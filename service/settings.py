@@ -37,6 +37,7 @@ class Settings(BaseSettings):
     api_key: Optional[SecretStr] = None  # when set, every route but health, the page and docs needs it
     cors_origins: Annotated[list[str], NoDecode] = []  # JSON list or comma-separated; empty = CORS off
     docs: bool = True  # serve /docs, /redoc and /openapi.json
+    search_fast_path: bool = True  # answer plain POST /search below the framework (service.fastpath)
 
     # --- limits (at most the hard caps of service.schemas)
     max_query_chars: int = Field(schemas.MAX_QUERY_CHARS, ge=1, le=schemas.MAX_QUERY_CHARS)

@@ -332,3 +332,36 @@ def test_grouping_keeps_each_videos_best_moment(ranked_server):
         assert [h["video_id"] for h in short["results"]] == [ids["d"], ids["c"]]
         page = c.post("/search", json={"query": "anything", "top_k": 1, "offset": 1}).json()
         assert [h["video_id"] for h in page["results"]] == [ids["b"]]
+
+
+FAST_PATH_CASES = [  # (body or raw bytes, headers): what POST /search gets, through and around the fast path
+    ({"query": "a red square", "top_k": 3}, {}),
+    ({"query": "a shape", "top_k": 2, "offset": 1, "filters": {"min_duration": 0.5}}, {}),
+    ({"query": "something blue", "top_k": 2, "rerank": 2}, {}),
+    ({"query": "a red square", "top_k": 2}, {"content-type": "application/json; charset=utf-8"}),
+    ({"query": "a", "top_k": 0}, {}),
+    ({"query": "a", "topk": 3}, {}),
+    ({"query": "a", "cursor": "bm90IGEgY3Vyc29y"}, {}),  # validates, then the engine refuses it
+    (b"{not json", {"content-type": "application/json"}),
+    (b'{"query": "a red square"}', {"content-type": "text/plain"}),
+    (b"", {"content-type": "application/json"}),
+    (b'{"query": "' + b"a" * 20_000 + b'"}', {"content-type": "application/json"}),
+]
+
+
+def test_search_fast_path_answers_as_the_route(client, service_env):
+    """Every case gives the same status, body (but timings) and headers with the fast path on and off."""
+    def call(c, body, headers):
+        r = c.post("/search", json=body, headers=headers) if isinstance(body, dict) else \
+            c.post("/search", content=body, headers=headers)
+        payload = r.json()
+        if r.status_code == 200:
+            payload.pop("took_ms"), payload.pop("timings")
+        return r.status_code, payload, r.headers.get("content-type"), r.headers.get("retry-after")
+
+    with run_server(service_env.settings(search_fast_path=False)) as plain:
+        with httpx.Client(base_url=plain.url, timeout=30) as routed:
+            for body, headers in FAST_PATH_CASES:
+                assert call(client, body, headers) == call(routed, body, headers), (body, headers)
+    metrics = client.get("/metrics").text
+    assert 'alpro_http_requests_total{method="POST",route="/search",status="200"}' in metrics

@@ -180,3 +180,19 @@ def test_base_preset_exports_exactly_the_official_full_size_keys(table, override
         model = create_model("base", **overrides)
     exported = {k: tuple(v.shape) for k, v in export_official_state_dict(model).items()}
     assert exported == read_key_table(table)
+
+
+def test_fingerprint_ignores_init_only_settings_and_sees_weights():
+    from model import checkpoint_fingerprint
+
+    torch.manual_seed(0)
+    base = create_model("tiny")
+    other = create_model("tiny", text_init_std=0.15, vision_pos_init_std=0.5, vision_time_init_std=0.5)
+    other.load_state_dict(base.state_dict())
+    assert checkpoint_fingerprint(other) == checkpoint_fingerprint(base)  # same weights, same function
+    with torch.no_grad():
+        other.temp.add_(0.01)
+    assert checkpoint_fingerprint(other) != checkpoint_fingerprint(base)
+    deeper = create_model("tiny", vision_drop_path_rate=0.3)
+    deeper.load_state_dict(base.state_dict())
+    assert checkpoint_fingerprint(deeper) != checkpoint_fingerprint(base)  # other config fields still count

@@ -153,3 +153,24 @@ def test_text_init_std_scales_only_the_random_text_init():
             assert a.std().item() == pytest.approx(0.02, rel=0.1), name
         else:
             torch.testing.assert_close(a, b, msg=name)  # video side and heads as before
+
+
+def test_position_and_time_embedding_init_std():
+    torch.manual_seed(0)
+    default = create_model("tiny")
+    torch.manual_seed(0)
+    spread = create_model("tiny", vision_pos_init_std=0.5, vision_time_init_std=0.5)
+    assert torch.count_nonzero(default.visual_encoder.time_embed) == 0  # the reference: zero time embedding
+    assert default.visual_encoder.pos_embed.std().item() == pytest.approx(0.02, rel=0.2)
+    for name in ("pos_embed", "time_embed"):
+        assert getattr(spread.visual_encoder, name).std().item() == pytest.approx(0.5, rel=0.25), name
+    # order matters now: a clip and the same clip played backwards get different video tokens
+    vision = spread.config.vision
+    video = torch.randn(1, vision.num_frames, 3, vision.img_size, vision.img_size)
+    with torch.no_grad():
+        forward, backward = spread.visual_encoder(video), spread.visual_encoder(video.flip(1))
+        plain_forward, plain_backward = default.visual_encoder(video), default.visual_encoder(video.flip(1))
+    torch.testing.assert_close(plain_forward, plain_backward, atol=1e-5, rtol=1e-4)
+    assert (forward - backward).abs().max().item() > 1e-2
+    with pytest.raises(ConfigError):
+        create_model("tiny", vision_time_init_std=-1.0)
