@@ -2,14 +2,16 @@
 
     python -m bench.search_speed [--vectors 1000000] [--segments-per-video 10] [--preset base]
         [--nlist N] [--nprobe 32] [--requests 60 160 320] [--concurrency 1 8 32] [--raw-requests 60]
-        [--row-cache 0] [--workdir .cache/bench-search] [--json out.json]
+        [--rows index|db] [--row-cache 0] [--workdir .cache/bench-search] [--json out.json]
 
 Builds (once, cached in --workdir) a data dir of random unit vectors in an IVF-Flat index (inner product,
 IndexIDMap2 over Segment ids, as the indexer writes one) with matching SQLite rows, and a checkpoint of the
-preset with random weights (native format). Then measures:
+preset with random weights (native format). `--rows` picks where /search reads the rows it shows: the index
+version's copy (default, as alpro-index writes versions) or the database (as for versions written before the
+copy). Then measures:
 
 1. raw vs in-process, in turn at concurrency 1: `encode_text` of one query + `IndexSnapshot.search` (the
-   floor under any service), then `Engine.search` (model thread, FAISS over-fetch, DB look-up, grouping,
+   floor under any service), then `Engine.search` (model thread, FAISS over-fetch, row look-up, grouping,
    response model) for the next query;
 2. in-process: `Engine.search` at each concurrency;
 3. HTTP: `alpro-serve` in a subprocess (uvicorn, httptools, uvloop), driven from here by a minimal
@@ -58,7 +60,7 @@ def queries(n: int, seed: int = 0) -> list[str]:
 
 
 def build_data_dir(work: Path, *, vectors: int, per_video: int, preset: str, nlist: int | None, nprobe: int,
-                   train_sample: int, seed: int = 0) -> Path:
+                   train_sample: int, seed: int = 0, rows_in_index: bool = True) -> Path:
     """Checkpoint + data dir (index version 1, DB rows for every segment); reused when the config matches."""
     import faiss
     import torch
@@ -77,6 +79,7 @@ def build_data_dir(work: Path, *, vectors: int, per_video: int, preset: str, nli
     data = work / "data"
     if stamp.exists() and json.loads(stamp.read_text()) == config and (data / "index" / "CURRENT").exists():
         logger.info("reusing %s", work)
+        write_segments(data, vectors=vectors, per_video=per_video, rows_in_index=rows_in_index)
         return data
     if work.exists():
         import shutil
@@ -108,11 +111,11 @@ def build_data_dir(work: Path, *, vectors: int, per_video: int, preset: str, nli
     engine = create_engine_for(datadir.database_url)
     init_db(engine)
     num_videos = (vectors + per_video - 1) // per_video
-    video_ids = [f"{v:032x}" for v in range(num_videos)]
+    video_ids = _video_ids(num_videos)
     now = datetime.now(timezone.utc)
     with engine.begin() as conn:
         conn.execute(insert(Video), [
-            {"id": vid, "path": f"/media/bench/{v // 1000:04d}/video_{v:07d}.mp4", "size_bytes": 10_000_000,
+            {"id": vid, "path": _video_path(v), "size_bytes": 10_000_000,
              "mtime": 0.0, "duration_s": 10.0 * per_video, "fps": 30.0, "width": 1280, "height": 720,
              "num_frames": 300 * per_video, "indexed_at": now, "checkpoint_fingerprint": fingerprint,
              "pipeline_key": "", "codec": "h264"} for v, vid in enumerate(video_ids)])
@@ -130,9 +133,7 @@ def build_data_dir(work: Path, *, vectors: int, per_video: int, preset: str, nli
     version_dir = datadir.version_dir(1)
     version_dir.mkdir(parents=True)
     faiss.write_index(index, str(version_dir / FAISS_NAME))
-    positions = ((ids - 1) // per_video).astype(np.int32)
-    np.savez(version_dir / SEGMENTS_NAME, ids=ids, video_pos=positions,
-             seg_index=((ids - 1) % per_video).astype(np.int32), video_ids=np.array(video_ids))
+    write_segments(data, vectors=vectors, per_video=per_video, rows_in_index=rows_in_index)
     manifest = IndexManifest(
         version=1, created_at=now.isoformat(timespec="seconds"), checkpoint_fingerprint=fingerprint,
         checkpoint=str(checkpoint), model_config=model.config.to_dict(), dim=dim, num_vectors=vectors,
@@ -142,6 +143,35 @@ def build_data_dir(work: Path, *, vectors: int, per_video: int, preset: str, nli
     write_current(datadir, 1)
     stamp.write_text(json.dumps(config))
     return data
+
+
+def _video_ids(num_videos: int) -> list[str]:
+    return [f"{v:032x}" for v in range(num_videos)]
+
+
+def _video_path(v: int) -> str:
+    return f"/media/bench/{v // 1000:04d}/video_{v:07d}.mp4"
+
+
+def write_segments(data: Path, *, vectors: int, per_video: int, rows_in_index: bool) -> None:
+    """segments.npz of version 1, with the rows search results show (as alpro-index writes it) or without
+    them (as versions from before the row columns: the service reads each search's rows from the DB)."""
+    from indexer.datadir import SEGMENTS_NAME, DataDir
+
+    path = DataDir(data).version_dir(1) / SEGMENTS_NAME
+    ids = np.arange(1, vectors + 1, dtype=np.int64)
+    num_videos = (vectors + per_video - 1) // per_video
+    index = ((ids - 1) % per_video)
+    columns: dict[str, np.ndarray] = {"ids": ids, "video_pos": ((ids - 1) // per_video).astype(np.int32),
+                                      "seg_index": index.astype(np.int32), "video_ids": np.array(_video_ids(num_videos))}
+    if rows_in_index:  # the same values as the DB rows written by build_data_dir
+        columns.update(start_s=10.0 * index, end_s=10.0 * (index + 1), thumbnail=np.ones(vectors, bool),
+                       video_paths=np.array([_video_path(v) for v in range(num_videos)]),
+                       video_durations=np.full(num_videos, 10.0 * per_video))
+    tmp = path.with_name(".tmp-" + path.name)
+    with open(tmp, "wb") as f:
+        np.savez(f, **columns)
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -380,6 +410,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench-search"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--build-only", action="store_true", help="build (or check) the data dir and stop")
+    parser.add_argument("--rows", choices=("index", "db"), default="index",
+                        help="where search reads the rows it shows: the index version's copy (as alpro-index "
+                        "writes it) or the database (versions written before the copy)")
     parser.add_argument("--row-cache", type=int, default=0,
                         help="ALPRO_ROW_CACHE_SIZE for the measured service (default 0: every search reads the DB)")
     args = parser.parse_args(argv)
@@ -390,7 +423,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = os.getloadavg()
     data = build_data_dir(args.workdir, vectors=args.vectors, per_video=args.segments_per_video, preset=args.preset,
-                          nlist=args.nlist, nprobe=args.nprobe, train_sample=args.train_sample)
+                          nlist=args.nlist, nprobe=args.nprobe, train_sample=args.train_sample,
+                          rows_in_index=args.rows == "index")
     if args.build_only:
         return {"data_dir": str(data)}
     all_texts = queries(sum(requests) * 2 + args.raw_requests + 20)
@@ -413,7 +447,7 @@ def main(argv: list[str] | None = None) -> dict:
         "vectors": args.vectors, "videos": (args.vectors + args.segments_per_video - 1) // args.segments_per_video,
         "index": f"IVF{args.nlist or 'auto'},Flat nprobe={args.nprobe}", "preset": args.preset,
         "load_average": {"before": load_before, "after": os.getloadavg()},  # others' jobs skew the figures
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "row_cache_size": args.row_cache,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "row_cache_size": args.row_cache, "rows": args.rows,
         "raw": raw, "in_process": in_process, "http": http,
     }
     if 1 in http:

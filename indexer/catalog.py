@@ -137,19 +137,37 @@ def delete_videos(session: Session, video_ids: Iterable[str]) -> None:
     session.commit()
 
 
-def segments_for_index(session: Session, key: str) -> list[tuple[str, list[int]]]:
-    """(video id, segment ids by index) of every video made with this pipeline key, by video id."""
+@dataclass
+class IndexedVideo:
+    """A video's rows as an index version copies them: what a search result shows without the database."""
+
+    video_id: str
+    path: str
+    duration_s: float | None
+    segment_ids: list[int]  # by segment index
+    starts: list[float]
+    ends: list[float]
+    thumbnails: list[bool]  # a thumbnail file exists (at DataDir.thumbnail_relpath)
+
+
+def segments_for_index(session: Session, key: str) -> list[IndexedVideo]:
+    """Every video made with this pipeline key, by video id, with its segments by index."""
     rows = session.execute(
-        select(Segment.video_id, Segment.id)
+        select(Segment.video_id, Segment.id, Segment.start_s, Segment.end_s, Segment.thumbnail, Video.path,
+               Video.duration_s)
         .join(Video, Video.id == Segment.video_id)
         .where(Video.pipeline_key == key)
         .order_by(Segment.video_id, Segment.index)
     )
-    out: list[tuple[str, list[int]]] = []
-    for video_id, seg_id in rows:
-        if not out or out[-1][0] != video_id:
-            out.append((video_id, []))
-        out[-1][1].append(int(seg_id))
+    out: list[IndexedVideo] = []
+    for video_id, seg_id, start, end, thumbnail, path, duration in rows:
+        if not out or out[-1].video_id != video_id:
+            out.append(IndexedVideo(video_id, path, None if duration is None else float(duration), [], [], [], []))
+        video = out[-1]
+        video.segment_ids.append(int(seg_id))
+        video.starts.append(float(start))
+        video.ends.append(float(end))
+        video.thumbnails.append(bool(thumbnail))
     return out
 
 
@@ -177,7 +195,7 @@ def mark_versions_deleted(session: Session, versions: Iterable[int]) -> None:
         session.commit()
 
 
-__all__ = ["VideoState", "delete_failures", "delete_videos", "fingerprints_in_use", "load_failures",
+__all__ = ["IndexedVideo", "VideoState", "delete_failures", "delete_videos", "fingerprints_in_use", "load_failures",
            "load_hash_cache", "load_videos", "mark_versions_deleted", "next_version", "record_failure",
            "record_version", "record_video", "save_hash_cache", "segments_for_index", "stale_video_ids",
            "update_paths"]

@@ -9,7 +9,11 @@ Layout (the contract the service reads; the indexer is the only writer):
         manifest.json                    IndexManifest as JSON (plus extra keys readers may ignore)
         segments.faiss                   faiss IndexIDMap2 over Flat/IVF/HNSW, inner product; ids = Segment.id
         segments.npz                     ids (int64), video_pos (int32), seg_index (int32), video_ids (str):
-                                         vector id -> (video, segment index), row order of insertion
+                                         vector id -> (video, segment index), row order of insertion;
+                                         and a copy of the rows a search result shows: start_s, end_s
+                                         (float64), thumbnail (bool) per vector, video_paths (str),
+                                         video_durations (float64, NaN unknown) per video (versions
+                                         written before these columns lack them: readers use the DB)
         tokens/<video_id>.npy            with --store-tokens: (S, 1+N, D) float16 per video (hard links
                                          to the indexer's cache, so a version costs no copy)
       thumbnails/<video_id>/<i>.jpg      middle frame of segment i
@@ -151,6 +155,42 @@ def _preprocess_of(model_config: Mapping[str, Any]) -> dict:
     return {"num_frames": vision.get("num_frames"), "img_size": vision.get("img_size"), **pre}
 
 
+@dataclass(frozen=True)
+class SegmentInfo:
+    """A segment as a search result shows it: its video's path and duration and its moment."""
+
+    segment_id: int
+    video_id: str
+    index: int
+    start_s: float
+    end_s: float
+    has_thumbnail: bool
+    path: str
+    duration_s: float | None
+
+
+@dataclass
+class _RowTable:
+    start_s: np.ndarray  # float64 (n,)
+    end_s: np.ndarray  # float64 (n,)
+    thumbnail: np.ndarray  # bool (n,)
+    paths: list[str]  # per video
+    durations: list[float | None]  # per video
+
+    @classmethod
+    def load(cls, data: Any, num_vectors: int, num_videos: int) -> "_RowTable | None":
+        names = ("start_s", "end_s", "thumbnail", "video_paths", "video_durations")
+        if not all(name in data.files for name in names):
+            return None  # a version from before the row columns
+        table = cls(data["start_s"].astype(np.float64), data["end_s"].astype(np.float64),
+                    data["thumbnail"].astype(bool), [str(p) for p in data["video_paths"]],
+                    [None if np.isnan(d) else float(d) for d in data["video_durations"].astype(np.float64)])
+        if not len(table.start_s) == len(table.end_s) == len(table.thumbnail) == num_vectors or \
+                not len(table.paths) == len(table.durations) == num_videos:
+            raise ValueError("segment row columns do not match the vector count or the video count")
+        return table
+
+
 class IndexSnapshot:
     """An opened, immutable index version; `search` and `tokens` are safe from several threads."""
 
@@ -166,6 +206,7 @@ class IndexSnapshot:
                 self._video_pos = data["video_pos"].astype(np.int64)
                 self._seg_index = data["seg_index"].astype(np.int64)
                 self._video_ids = [str(v) for v in data["video_ids"]]
+                self._rows_table = _RowTable.load(data, len(self._ids), len(self._video_ids))
         except (OSError, RuntimeError, KeyError, ValueError) as e:
             raise IndexNotFoundError(f"index version {manifest.version} at {directory} is unreadable: {e}") from e
         if index.ntotal != len(self._ids) or index.d != manifest.dim:
@@ -231,6 +272,24 @@ class IndexSnapshot:
         rows = self._rows(segment_ids)
         video_ids = self._video_ids
         return [(video_ids[v], s) for v, s in zip(self._video_pos[rows].tolist(), self._seg_index[rows].tolist())]
+
+    @property
+    def has_rows(self) -> bool:
+        """Whether this version carries the rows search results show (`segment_rows` works)."""
+        return self._rows_table is not None
+
+    def segment_rows(self, segment_ids: Sequence[int]) -> list[SegmentInfo]:
+        """What a search result shows of each segment, from the version itself (no database)."""
+        table = self._rows_table
+        if table is None:
+            raise LookupError(f"index version {self.version} carries no segment rows; read them from the database")
+        rows = self._rows(segment_ids)
+        video_pos = self._video_pos[rows].tolist()
+        return [SegmentInfo(segment_id, self._video_ids[v], index, start, end, thumbnail, table.paths[v],
+                            table.durations[v])
+                for segment_id, v, index, start, end, thumbnail in zip(
+                    np.asarray(segment_ids, dtype=np.int64).tolist(), video_pos, self._seg_index[rows].tolist(),
+                    table.start_s[rows].tolist(), table.end_s[rows].tolist(), table.thumbnail[rows].tolist())]
 
     def vectors(self, segment_ids: Sequence[int]) -> np.ndarray:
         """(n, dim) float32 stored vectors of these segments."""
@@ -413,5 +472,5 @@ def default_database_url(root: Path) -> str:
     return f"sqlite:///{root / DATABASE_NAME}"
 
 
-__all__ = ["DataDir", "IndexManifest", "IndexMismatchError", "IndexNotFoundError", "IndexSnapshot",
+__all__ = ["DataDir", "IndexManifest", "IndexMismatchError", "IndexNotFoundError", "IndexSnapshot", "SegmentInfo",
            "apply_search_params", "configure_faiss", "parse_version_name", "version_name"]

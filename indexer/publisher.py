@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from .cache import EmbeddingCache, fsync_dir
-from .catalog import mark_versions_deleted, next_version, record_version, segments_for_index
+from .catalog import IndexedVideo, mark_versions_deleted, next_version, record_version, segments_for_index
 from .datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, TOKENS_DIR, DataDir, IndexManifest,
                       IndexNotFoundError, version_name)
 from .faiss_index import BuiltIndex, build_index, choose_index_type
@@ -43,6 +43,12 @@ class IndexContent:
     seg_index: np.ndarray  # int32 (n,)
     token_shape: tuple[int, int] | None = None
     uncached: list[str] = field(default_factory=list)  # videos with rows but no usable cache entry
+    # the database rows a search result shows, copied so the service needs no database round trip a search
+    start_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64 (n,)
+    end_s: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64 (n,)
+    thumbnail: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # bool (n,)
+    video_paths: list[str] = field(default_factory=list)  # per video, as video_ids
+    video_durations: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64 per video, NaN unknown
 
 
 @dataclass
@@ -60,53 +66,75 @@ def gather_content(datadir: DataDir, cache: EmbeddingCache, key: str, dim: int, 
                    exclude: Collection[str] = ()) -> IndexContent:
     """Vectors of every video of this pipeline key (but `exclude`), from the cache, by (video id, segment index)."""
     with datadir.session() as session:
-        videos = [(vid, ids) for vid, ids in segments_for_index(session, key) if vid not in exclude]
+        videos = [v for v in segments_for_index(session, key) if v.video_id not in exclude]
     ids: list[int] = []
     vectors: list[np.ndarray] = []
-    video_ids: list[str] = []
-    video_pos: list[int] = []
-    seg_index: list[int] = []
+    kept: list[IndexedVideo] = []
     uncached: list[str] = []
     token_shape = None
-    for video_id, seg_ids in videos:
-        entry = cache.get(video_id, need_tokens=store_tokens)
-        if entry is None or entry.num_segments != len(seg_ids):
-            uncached.append(video_id)  # e.g. a cache deleted by hand for a file that is gone too
+    for video in videos:
+        entry = cache.get(video.video_id, need_tokens=store_tokens)
+        if entry is None or entry.num_segments != len(video.segment_ids):
+            uncached.append(video.video_id)  # e.g. a cache deleted by hand for a file that is gone too
             continue
         if store_tokens and token_shape is None:
-            shape = np.load(cache.tokens_path(video_id), mmap_mode="r").shape
+            shape = np.load(cache.tokens_path(video.video_id), mmap_mode="r").shape
             token_shape = (int(shape[1]), int(shape[2]))
-        pos = len(video_ids)
-        video_ids.append(video_id)
-        ids.extend(seg_ids)
+        kept.append(video)
+        ids.extend(video.segment_ids)
         vectors.append(entry.embeddings)
-        video_pos.extend([pos] * len(seg_ids))
-        seg_index.extend(range(len(seg_ids)))
+    counts = [len(v.segment_ids) for v in kept]
     return IndexContent(
         ids=np.asarray(ids, dtype=np.int64),
         vectors=np.concatenate(vectors).astype(np.float32) if vectors else np.zeros((0, dim), np.float32),
-        video_ids=video_ids,
-        video_pos=np.asarray(video_pos, dtype=np.int32),
-        seg_index=np.asarray(seg_index, dtype=np.int32),
+        video_ids=[v.video_id for v in kept],
+        video_pos=np.repeat(np.arange(len(kept), dtype=np.int32), counts),
+        seg_index=np.concatenate([np.arange(n, dtype=np.int32) for n in counts]) if kept else np.zeros(0, np.int32),
         token_shape=token_shape,
         uncached=uncached,
+        start_s=np.asarray([t for v in kept for t in v.starts], dtype=np.float64),
+        end_s=np.asarray([t for v in kept for t in v.ends], dtype=np.float64),
+        thumbnail=np.asarray([t for v in kept for t in v.thumbnails], dtype=bool),
+        video_paths=[v.path for v in kept],
+        video_durations=np.asarray([np.nan if v.duration_s is None else v.duration_s for v in kept], dtype=np.float64),
     )
+
+
+ROW_COLUMNS = ("start_s", "end_s", "thumbnail", "video_paths", "video_durations")
 
 
 def current_matches(datadir: DataDir, content: IndexContent, *, fingerprint: str, index_type: str,
                     store_tokens: bool, segment_seconds: float) -> int | None:
     """The current version when it already holds exactly this content, else None."""
+    version, rows_same = _compare_current(datadir, content, fingerprint=fingerprint, index_type=index_type,
+                                          store_tokens=store_tokens, segment_seconds=segment_seconds)
+    return version if rows_same else None
+
+
+def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: str, index_type: str,
+                     store_tokens: bool, segment_seconds: float) -> tuple[int | None, bool]:
+    """(the current version when its vectors are this content's, else None; whether its rows are too).
+
+    Rows differ without new vectors when a video was renamed (same content, new path), or when the version
+    predates the row columns: then a new version reuses the current FAISS index instead of building one.
+    """
     try:
         manifest = datadir.read_manifest()
         with np.load(datadir.version_dir(manifest.version) / SEGMENTS_NAME, allow_pickle=False) as data:
             current_ids = data["ids"]
+            current_rows = {name: data[name] for name in ROW_COLUMNS if name in data.files}
     except (IndexNotFoundError, OSError, KeyError, ValueError):
-        return None
+        return None, False
     wanted_type = choose_index_type(len(content.ids), index_type)
     same = (manifest.checkpoint_fingerprint == fingerprint and manifest.index_type == wanted_type
             and manifest.has_tokens == store_tokens and manifest.segment_seconds == segment_seconds
             and np.array_equal(np.sort(current_ids), np.sort(content.ids)))
-    return manifest.version if same else None
+    if not same:
+        return None, False
+    rows_same = (len(current_rows) == len(ROW_COLUMNS) and np.array_equal(current_ids, content.ids)
+                 and all(np.array_equal(current_rows[name], np.asarray(getattr(content, name)), equal_nan=
+                                        current_rows[name].dtype.kind == "f") for name in ROW_COLUMNS))
+    return manifest.version, rows_same
 
 
 def _fsync_file(path: Path) -> None:
@@ -148,15 +176,22 @@ def publish(datadir: DataDir, cache: EmbeddingCache, *, key: str, fingerprint: s
     """
     start = time.perf_counter()
     content = gather_content(datadir, cache, key, dim, store_tokens=store_tokens, exclude=exclude)
-    same = None if force else current_matches(datadir, content, fingerprint=fingerprint, index_type=index_type,
-                                              store_tokens=store_tokens, segment_seconds=segment_seconds)
+    current, rows_same = _compare_current(datadir, content, fingerprint=fingerprint, index_type=index_type,
+                                          store_tokens=store_tokens, segment_seconds=segment_seconds)
+    same = current if rows_same and not force else None
     if same is not None:
         logger.info("index unchanged: version %d stays current", same)
         removed = apply_retention(datadir, keep_versions)
         return PublishResult(version=same, published=False, manifest=datadir.read_manifest(same),
                              removed_versions=removed, uncached=content.uncached,
                              publish_s=time.perf_counter() - start)
-    built = build_index(content.vectors, content.ids, index_type, recall_target=recall_target, use_gpu=use_gpu)
+    if current is not None and not force:  # the same vectors, other rows (a rename): keep the built index
+        logger.info("index vectors unchanged, rows changed: reusing the FAISS index of version %d", current)
+        old = datadir.read_manifest(current)
+        built = BuiltIndex(faiss.read_index(str(datadir.version_dir(current) / FAISS_NAME)), old.index_type,
+                           dict(old.search_params), old.recall_at_10)
+    else:
+        built = build_index(content.vectors, content.ids, index_type, recall_target=recall_target, use_gpu=use_gpu)
     if built.recall_at_10 is not None and built.index_type != "flat":
         logger.info("%s index: recall@10 %.3f vs exact search (%s)", built.index_type, built.recall_at_10,
                     built.search_params)
@@ -197,7 +232,9 @@ def write_version(datadir: DataDir, cache: EmbeddingCache, manifest: IndexManife
     faiss.write_index(built.index, str(tmp / FAISS_NAME))
     with open(tmp / SEGMENTS_NAME, "wb") as f:
         np.savez(f, ids=content.ids, video_pos=content.video_pos, seg_index=content.seg_index,
-                 video_ids=np.array(content.video_ids, dtype=f"<U{max([1, *map(len, content.video_ids)])}"))
+                 video_ids=_strings(content.video_ids), start_s=content.start_s, end_s=content.end_s,
+                 thumbnail=content.thumbnail, video_paths=_strings(content.video_paths),
+                 video_durations=content.video_durations)
     if manifest.has_tokens:
         tokens = tmp / TOKENS_DIR
         tokens.mkdir()
@@ -216,6 +253,10 @@ def write_version(datadir: DataDir, cache: EmbeddingCache, manifest: IndexManife
     os.rename(tmp, final)
     fsync_dir(datadir.index_dir)
     return final
+
+
+def _strings(values: list[str]) -> np.ndarray:
+    return np.array(values, dtype=f"<U{max([1, *map(len, values)])}")
 
 
 def apply_retention(datadir: DataDir, keep: int) -> list[int]:

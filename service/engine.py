@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from indexer.datadir import DataDir, IndexManifest, IndexSnapshot
+from indexer.datadir import DataDir, IndexManifest, IndexSnapshot, SegmentInfo
 from model import AlproModel, Tokenizer, checkpoint_fingerprint, load_model
 from model.decode import VideoError
 from model.preprocess import load_video
@@ -417,6 +417,9 @@ class Engine:
             chunk = firsts[pos:pos + (want - len(out)) * (4 if filters is not None else 1)]
             pos += len(chunk)
             missing = [ids[i] for i in chunk if ids[i] not in rows]
+            if missing and snapshot.has_rows:  # the version carries its rows: no database round trip
+                rows.update((info.segment_id, self._segment_row(info)) for info in snapshot.segment_rows(missing))
+                missing = []
             if missing and self.row_cache.max_rows > 0:
                 cached = self.row_cache.get_many(snapshot.version, missing)
                 rows.update(cached)
@@ -495,6 +498,11 @@ class Engine:
     def _decode_segment(loaded: LoadedModel, row: SegmentRow) -> torch.Tensor:
         window = (row.start_s, row.end_s) if row.end_s > row.start_s else None
         return load_video(row.path, loaded.model.config, window=window)  # (T, 3, H, W)
+
+    def _segment_row(self, info: SegmentInfo) -> SegmentRow:
+        thumbnail = self.data_dir.thumbnail_relpath(info.video_id, info.index) if info.has_thumbnail else None
+        return SegmentRow(info.segment_id, info.video_id, info.index, info.start_s, info.end_s, thumbnail, info.path,
+                          info.duration_s)
 
     def _hit(self, c: Candidate) -> schemas.SearchHit:
         row = c.row  # built from typed rows, so skip validation (it cost about 20 us a hit)

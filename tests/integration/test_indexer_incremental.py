@@ -102,7 +102,19 @@ def test_second_run_decodes_nothing_and_renames_keep_ids(library: Library, tmp_p
     with datadir.session() as session:
         seg_ids = sorted(s.id for s in session.scalars(select(Segment)))
     datadir.dispose()
-    assert seg_ids == sorted(DataDir(data).open_index().segment_ids().tolist())
+    snapshot = DataDir(data).open_index()
+    assert seg_ids == sorted(snapshot.segment_ids().tolist())
+    # the version's copy of the rows follows the rename: a new version, the FAISS index reused, not rebuilt
+    assert third.published and third.index_version == second.index_version + 1
+    rows = {r.segment_id: r for r in snapshot.segment_rows(seg_ids)}
+    assert {r.path for r in rows.values() if r.video_id == ids_after[str(moved)]} == {str(moved)}
+    assert str(old) not in {r.path for r in rows.values()}
+    datadir = DataDir(data)
+    with datadir.session() as session:
+        db_rows = {s.id: (s.video_id, s.index, s.start_s, s.end_s, s.thumbnail is not None, s.video.path)
+                   for s in session.scalars(select(Segment))}
+    datadir.dispose()
+    assert db_rows == {i: (r.video_id, r.index, r.start_s, r.end_s, r.has_thumbnail, r.path) for i, r in rows.items()}
 
 
 def test_missing_files_are_kept_until_prune(library: Library, tmp_path: Path, tiny_checkpoint: Path,  # noqa: F811

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 httpx = pytest.importorskip("httpx")
 
+from indexer.datadir import SEGMENTS_NAME, DataDir  # noqa: E402
 from model import Tokenizer, load_pretrained, load_video  # noqa: E402
 from service import schemas  # noqa: E402
 from tests.integration.test_service_support import QA_ANSWERS, run_server, service_env  # noqa: E402,F401
@@ -60,11 +65,34 @@ def test_search_scores_are_the_model_cosines(client, service_env):
     assert hit["score"] == pytest.approx(float(text @ video), abs=1e-4)
 
 
-def test_rows_of_shown_moments_are_cached(client):
-    first = client.post("/search", json={"query": "rows from the database", "top_k": 4}).json()
-    again = client.post("/search", json={"query": "rows from the database", "top_k": 4}).json()
-    assert again["timings"]["db_ms"] == 0 and again["results"] == first["results"]
-    assert 'alpro_cache_lookups_total{cache="segment_rows",result="hit"}' in client.get("/metrics").text
+def _without_row_columns(data: Path, dest: Path) -> Path:
+    """A copy of a data dir whose current version lacks the row columns (as versions written before them)."""
+    shutil.copytree(data, dest)
+    data_dir = DataDir(dest)
+    path = data_dir.version_dir(data_dir.current_version()) / SEGMENTS_NAME
+    with np.load(path) as npz:
+        kept = {name: npz[name] for name in ("ids", "video_pos", "seg_index", "video_ids")}
+    np.savez(path, **kept)
+    return dest
+
+
+def test_rows_come_from_the_index_version_or_the_database(client, service_env, tmp_path):
+    """Search shows the same rows from the version's copy (no DB round trip) and from the DB (older versions,
+    where shown rows are cached)."""
+    queries = [{"query": "a red square", "top_k": 4}, {"query": "a shape", "top_k": 2, "offset": 1},
+               {"query": "something blue", "top_k": 3, "filters": {"path_prefix": str(service_env.root)}}]
+    from_index = [client.post("/search", json=q).json() for q in queries]
+    assert all(r["timings"]["db_ms"] == 0 for r in from_index)
+    old_format = _without_row_columns(service_env.data, tmp_path / "data")
+    with run_server(service_env.settings(old_format)) as live, httpx.Client(base_url=live.url) as c:
+        from_db = [c.post("/search", json=q).json() for q in queries]
+        again = c.post("/search", json=queries[0]).json()
+        metrics = c.get("/metrics").text
+    assert from_db[0]["timings"]["db_ms"] > 0 and again["timings"]["db_ms"] == 0  # the first reads the DB
+    assert [r["results"] for r in from_db] == [r["results"] for r in from_index] and again["results"] == \
+        from_db[0]["results"]
+    hits = re.search(r'alpro_cache_lookups_total\{cache="segment_rows",result="hit"\} (\S+)', metrics)
+    assert hits and float(hits.group(1)) >= len(again["results"])
 
 
 def test_search_pages_by_offset_and_cursor(client):

@@ -17,3 +17,8 @@ def test_search_speed_bench_runs(tmp_path):
         assert level["requests"] == 12 and level["p50_ms"] > 0 and level["throughput_rps"] > 0
     assert result["at_concurrency_1"]["http_overhead_p50_ms"] > 0
     assert (tmp_path / "out.json").exists()
+    assert result["rows"] == "index" and result["http"][1]["db_skipped_fraction"] == 1.0  # rows from the version
+    from_db = main(["--vectors", "3000", "--nlist", "16", "--train-sample", "2000", "--preset", "tiny",
+                    "--concurrency", "1", "--requests", "12", "--raw-requests", "4", "--rows", "db", "--workdir",
+                    str(tmp_path / "work")])  # the same data dir, its version rewritten without the row copy
+    assert from_db["http"][1]["server_db_p50_ms"] > 0

@@ -158,7 +158,8 @@ def test_versions_and_state_queries(engine) -> None:
         states = catalog.load_videos(session)
         assert {k: v.num_segments for k, v in states.items()} == {"a" * 32: 2, "b" * 32: 1}
         groups = catalog.segments_for_index(session, "key1")
-        assert [(vid, len(ids)) for vid, ids in groups] == [("a" * 32, 2), ("b" * 32, 1)]
+        assert [(v.video_id, len(v.segment_ids)) for v in groups] == [("a" * 32, 2), ("b" * 32, 1)]
+        assert groups[1].path == "/v/b.mp4" and len(groups[0].starts) == len(groups[0].thumbnails) == 2
         assert catalog.stale_video_ids(session, "key1") == []
         assert sorted(catalog.stale_video_ids(session, "other")) == ["a" * 32, "b" * 32]
         assert catalog.next_version(session) == 1
