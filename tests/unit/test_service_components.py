@@ -17,7 +17,7 @@ from service import schemas
 from service.batching import ModelWorker
 from service.cache import ByteLRU
 from service.catalog import RowCache, SegmentRow
-from service.ranking import Candidate, decode_cursor, encode_cursor, first_hit_per_video, passes, query_key, to_cosine
+from service.ranking import Candidate, decode_cursor, encode_cursor, passes, query_key, to_cosine
 from service.errors import (IndexUnavailableError, InvalidRequestError, OverloadedError, UnavailableError,
                             VideoNotFoundError)
 from service.index import IndexHolder
@@ -86,9 +86,7 @@ def _row(segment_id: int, video: str, index: int = 0, path: str = "/v/x.mp4", du
     return SegmentRow(segment_id, video, index, float(index), float(index + 1), None, path, duration)
 
 
-def test_first_hit_per_video_and_filters():
-    assert first_hit_per_video(["a", "a", "b", "a", "c", "b"]) == [0, 2, 4]
-    assert first_hit_per_video([]) == []
+def test_filters():
     lib, other = _row(1, "a", 3, "/lib/a.mp4", 10.0), _row(2, "b", 0, "/other/b.mp4", 2.0)
     assert passes(lib, None) and passes(lib, schemas.SearchFilters(path_prefix="/lib/"))
     assert not passes(other, schemas.SearchFilters(path_prefix="/lib/"))
