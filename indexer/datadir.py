@@ -36,7 +36,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import faiss
 import numpy as np
@@ -155,9 +155,9 @@ def _preprocess_of(model_config: Mapping[str, Any]) -> dict:
     return {"num_frames": vision.get("num_frames"), "img_size": vision.get("img_size"), **pre}
 
 
-@dataclass(frozen=True)
-class SegmentInfo:
-    """A segment as a search result shows it: its video's path and duration and its moment."""
+class IndexRow(NamedTuple):
+    """A segment as a search result shows it, from the index version: its video's path and duration, its
+    moment. (A tuple: a search makes one per result, right after a model call, where every allocation counts.)"""
 
     segment_id: int
     video_id: str
@@ -300,14 +300,14 @@ class IndexSnapshot:
         """Whether this version carries the rows search results show (`segment_rows` works)."""
         return self._rows_table is not None
 
-    def segment_rows(self, segment_ids: Sequence[int]) -> list[SegmentInfo]:
+    def segment_rows(self, segment_ids: Sequence[int]) -> list[IndexRow]:
         """What a search result shows of each segment, from the version itself (no database)."""
         table = self._rows_table
         if table is None:
             raise LookupError(f"index version {self.version} carries no segment rows; read them from the database")
         rows = self._rows(segment_ids)
         video_pos = self._video_pos[rows].tolist()
-        return [SegmentInfo(segment_id, self._video_ids[v], index, start, end, thumbnail, table.paths[v],
+        return [IndexRow(segment_id, self._video_ids[v], index, start, end, thumbnail, table.paths[v],
                             table.durations[v])
                 for segment_id, v, index, start, end, thumbnail in zip(
                     np.asarray(segment_ids, dtype=np.int64).tolist(), video_pos, self._seg_index[rows].tolist(),
@@ -494,5 +494,5 @@ def default_database_url(root: Path) -> str:
     return f"sqlite:///{root / DATABASE_NAME}"
 
 
-__all__ = ["DataDir", "IndexManifest", "IndexMismatchError", "IndexNotFoundError", "IndexSnapshot", "SegmentInfo",
+__all__ = ["DataDir", "IndexManifest", "IndexMismatchError", "IndexNotFoundError", "IndexSnapshot", "IndexRow",
            "apply_search_params", "configure_faiss", "parse_version_name", "version_name"]

@@ -21,7 +21,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from indexer.datadir import DataDir, IndexManifest, IndexSnapshot, SegmentInfo
+from indexer.datadir import DataDir, IndexManifest, IndexRow, IndexSnapshot
 from model import AlproModel, Tokenizer, checkpoint_fingerprint, load_model
 from model.decode import VideoError
 from model.preprocess import load_video
@@ -498,7 +498,7 @@ class Engine:
         window = (row.start_s, row.end_s) if row.end_s > row.start_s else None
         return load_video(row.path, loaded.model.config, window=window)  # (T, 3, H, W)
 
-    def _segment_row(self, info: SegmentInfo) -> SegmentRow:
+    def _segment_row(self, info: IndexRow) -> SegmentRow:
         thumbnail = self.data_dir.thumbnail_relpath(info.video_id, info.index) if info.has_thumbnail else None
         return SegmentRow(info.segment_id, info.video_id, info.index, info.start_s, info.end_s, thumbnail, info.path,
                           info.duration_s)

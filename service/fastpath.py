@@ -68,7 +68,7 @@ class SearchFastPath:
         except ServiceError as e:
             await service_error_response(e, "POST", SEARCH_PATH)(scope, receive, send)
             return
-        body = result.model_dump_json().encode()
+        body = result.__pydantic_serializer__.to_json(result)  # bytes, as model_dump_json without the decode
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]})
         await send({"type": "http.response.body", "body": body})

@@ -4,6 +4,7 @@ middleware that counts requests by route template (not raw path, which would let
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -58,6 +59,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -76,5 +78,10 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             template = scope.get(ROUTE_TEMPLATE_KEY) or getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], template, str(status)).inc()
-            self.metrics.request_seconds.labels(template).observe(time.perf_counter() - start)
+            key = (scope["method"], template, status)
+            children = self._children.get(key)
+            if children is None:  # route templates, methods and statuses are few: bound once each
+                children = self._children[key] = (self.metrics.requests.labels(scope["method"], template, str(status)),
+                                                  self.metrics.request_seconds.labels(template))
+            children[0].inc()
+            children[1].observe(time.perf_counter() - start)
