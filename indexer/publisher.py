@@ -113,10 +113,12 @@ def current_matches(datadir: DataDir, content: IndexContent, *, fingerprint: str
 
 def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: str, index_type: str,
                      store_tokens: bool, segment_seconds: float) -> tuple[int | None, bool]:
-    """(the current version when its vectors are this content's, else None; whether its rows are too).
+    """(the current version when its vectors are this content's, in the same order, else None; whether its
+    rows are the same too).
 
     Rows differ without new vectors when a video was renamed (same content, new path), or when the version
-    predates the row columns: then a new version reuses the current FAISS index instead of building one.
+    predates the row columns: then a new version reuses the current FAISS index instead of building one (the
+    same order matters there: `IndexSnapshot.vectors` reads the FAISS index by row position).
     """
     try:
         manifest = datadir.read_manifest()
@@ -129,9 +131,9 @@ def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: st
     same = (manifest.checkpoint_fingerprint == fingerprint and manifest.index_type == wanted_type
             and manifest.has_tokens == store_tokens and manifest.segment_seconds == segment_seconds
             and np.array_equal(np.sort(current_ids), np.sort(content.ids)))
-    if not same:
+    if not same or not np.array_equal(current_ids, content.ids):
         return None, False
-    rows_same = (len(current_rows) == len(ROW_COLUMNS) and np.array_equal(current_ids, content.ids)
+    rows_same = (len(current_rows) == len(ROW_COLUMNS)
                  and all(np.array_equal(current_rows[name], np.asarray(getattr(content, name)), equal_nan=
                                         current_rows[name].dtype.kind == "f") for name in ROW_COLUMNS))
     return manifest.version, rows_same
