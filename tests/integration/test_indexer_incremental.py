@@ -3,6 +3,7 @@ changed content is re-embedded, fixed failures are indexed, token features round
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -65,7 +66,8 @@ def ids_by_path(data: Path) -> dict[str, str]:
 
 
 def test_second_run_decodes_nothing_and_renames_keep_ids(library: Library, tmp_path: Path,  # noqa: F811
-                                                         tiny_checkpoint: Path, tiny_model, monkeypatch) -> None:  # noqa: F811
+                                                         tiny_checkpoint: Path, tiny_model, monkeypatch,  # noqa: F811
+                                                         caplog) -> None:
     counters = Counters(monkeypatch)
     data = tmp_path / "data"
     settings = settings_for(library.root, data, tiny_checkpoint)
@@ -91,6 +93,7 @@ def test_second_run_decodes_nothing_and_renames_keep_ids(library: Library, tmp_p
     moved.parent.mkdir()
     old.rename(moved)
     counters.reset()
+    caplog.set_level(logging.INFO, logger="indexer.publisher")
     third = run_index(settings, model=tiny_model)
     assert counters.opened == [] and counters.encoded == 0
     assert third.renamed == 1 and third.unchanged == len(GOOD) and third.missing == 0
@@ -106,6 +109,7 @@ def test_second_run_decodes_nothing_and_renames_keep_ids(library: Library, tmp_p
     assert seg_ids == sorted(snapshot.segment_ids().tolist())
     # the version's copy of the rows follows the rename: a new version, the FAISS index reused, not rebuilt
     assert third.published and third.index_version == second.index_version + 1
+    assert f"reusing the FAISS index of version {second.index_version}" in caplog.text
     rows = {r.segment_id: r for r in snapshot.segment_rows(seg_ids)}
     assert {r.path for r in rows.values() if r.video_id == ids_after[str(moved)]} == {str(moved)}
     assert str(old) not in {r.path for r in rows.values()}
