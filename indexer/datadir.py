@@ -155,6 +155,10 @@ def _preprocess_of(model_config: Mapping[str, Any]) -> dict:
     return {"num_frames": vision.get("num_frames"), "img_size": vision.get("img_size"), **pre}
 
 
+# segments.npz columns that copy the rows a search result shows (versions written before them lack them)
+ROW_COLUMNS = ("start_s", "end_s", "thumbnail", "video_paths", "video_durations")
+
+
 class IndexRow(NamedTuple):
     """A segment as a search result shows it, from the index version: its video's path and duration, its
     moment. (A tuple: a search makes one per result, right after a model call, where every allocation counts.)"""
@@ -179,8 +183,7 @@ class _RowTable:
 
     @classmethod
     def load(cls, data: Any, num_vectors: int, num_videos: int) -> "_RowTable | None":
-        names = ("start_s", "end_s", "thumbnail", "video_paths", "video_durations")
-        if not all(name in data.files for name in names):
+        if not all(name in data.files for name in ROW_COLUMNS):
             return None  # a version from before the row columns
         table = cls(data["start_s"].astype(np.float64), data["end_s"].astype(np.float64),
                     data["thumbnail"].astype(bool), [str(p) for p in data["video_paths"]],
@@ -494,5 +497,5 @@ def default_database_url(root: Path) -> str:
     return f"sqlite:///{root / DATABASE_NAME}"
 
 
-__all__ = ["DataDir", "IndexManifest", "IndexMismatchError", "IndexNotFoundError", "IndexSnapshot", "IndexRow",
-           "apply_search_params", "configure_faiss", "parse_version_name", "version_name"]
+__all__ = ["ROW_COLUMNS", "DataDir", "IndexManifest", "IndexMismatchError", "IndexNotFoundError", "IndexRow",
+           "IndexSnapshot", "apply_search_params", "configure_faiss", "parse_version_name", "version_name"]

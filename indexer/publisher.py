@@ -23,8 +23,8 @@ import numpy as np
 
 from .cache import EmbeddingCache, fsync_dir
 from .catalog import IndexedVideo, mark_versions_deleted, next_version, record_version, segments_for_index
-from .datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, TOKENS_DIR, DataDir, IndexManifest,
-                      IndexNotFoundError, version_name)
+from .datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, ROW_COLUMNS, SEGMENTS_NAME, TOKENS_DIR, DataDir,
+                      IndexManifest, IndexNotFoundError, version_name)
 from .faiss_index import BuiltIndex, build_index, choose_index_type
 
 logger = logging.getLogger(__name__)
@@ -98,17 +98,6 @@ def gather_content(datadir: DataDir, cache: EmbeddingCache, key: str, dim: int, 
         video_paths=[v.path for v in kept],
         video_durations=np.asarray([np.nan if v.duration_s is None else v.duration_s for v in kept], dtype=np.float64),
     )
-
-
-ROW_COLUMNS = ("start_s", "end_s", "thumbnail", "video_paths", "video_durations")
-
-
-def current_matches(datadir: DataDir, content: IndexContent, *, fingerprint: str, index_type: str,
-                    store_tokens: bool, segment_seconds: float) -> int | None:
-    """The current version when it already holds exactly this content, else None."""
-    version, rows_same = _compare_current(datadir, content, fingerprint=fingerprint, index_type=index_type,
-                                          store_tokens=store_tokens, segment_seconds=segment_seconds)
-    return version if rows_same else None
 
 
 def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: str, index_type: str,
@@ -278,5 +267,5 @@ def apply_retention(datadir: DataDir, keep: int) -> list[int]:
     return removed
 
 
-__all__ = ["IndexContent", "PublishResult", "apply_retention", "current_matches", "gather_content", "publish",
+__all__ = ["IndexContent", "PublishResult", "apply_retention", "gather_content", "publish",
            "remove_temporaries", "write_current", "write_version"]
