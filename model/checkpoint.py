@@ -417,20 +417,12 @@ def load_model(path: PathLike, bert_config: Union[PathLike, Mapping[str, Any], N
     return load_official_checkpoint(path, bert_config, **overrides)
 
 
-# Config fields that only shape a random init: they say nothing about what the weights compute, and leaving
-# them out keeps the fingerprints (and so the indexes) of checkpoints from before they existed valid.
-_INIT_ONLY_FIELDS = {"text": ("init_std",), "vision": ("pos_init_std", "time_init_std")}
-
-
 def checkpoint_fingerprint(model: AlproModel) -> str:
-    """A short content hash of weights and config: identifies the model that made an index."""
+    """A short content hash of weights and config: identifies the model that made an index. Init-only settings
+    are left out, so adding one keeps the fingerprints (and indexes) of existing checkpoints valid."""
     import hashlib
 
-    config = model.config.to_dict()
-    for section, names in _INIT_ONLY_FIELDS.items():
-        for name in names:
-            config[section].pop(name, None)
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    digest = hashlib.sha256(json.dumps(model.config.identity_dict(), sort_keys=True).encode())
     for key, value in sorted(model.state_dict().items()):
         digest.update(key.encode())
         digest.update(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -19,6 +19,11 @@ class ConfigError(ValueError):
     """A configuration value is invalid or inconsistent with another one."""
 
 
+# Field metadata of settings that only shape a random init (loading replaces what they made): they say
+# nothing about what a checkpoint's weights compute, so `identity_dict` and the fingerprint leave them out.
+INIT_ONLY = {"init_only": True}
+
+
 @dataclass(frozen=True)
 class VisionConfig:
     """TimeSformer with divided space-time attention."""
@@ -40,8 +45,8 @@ class VisionConfig:
     # is a mean over frames and temporal attention is symmetric in them. The tiny learning model (reference
     # init) embedded a clip and the same clip played backwards at cosine 0.9999994 after training, with
     # patch tokens of norm 25 against position/time embeddings of norm 0.1-0.25 (left vs right at chance).
-    pos_init_std: float = 0.02
-    time_init_std: float = 0.0
+    pos_init_std: float = field(default=0.02, metadata=INIT_ONLY)
+    time_init_std: float = field(default=0.0, metadata=INIT_ONLY)
 
     @property
     def grid_size(self) -> int:
@@ -83,7 +88,7 @@ class TextConfig:
     # std of the normal init of the text encoder's weights (random init only; loading replaces them). BERT's
     # 0.02 suits a wide model; a narrow one trained from scratch starts far faster with a larger std (at
     # width 96 and 0.02 or 0.06, fusion gives every pair the same [CLS] and VTM sits at its 1:2 prior).
-    init_std: float = 0.02
+    init_std: float = field(default=0.02, metadata=INIT_ONLY)
 
     def validate(self) -> None:
         if self.hidden_size % self.num_heads:
@@ -143,6 +148,15 @@ class AlproConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def identity_dict(self) -> dict[str, Any]:
+        """`to_dict` without the init-only settings: what identifies the function a checkpoint computes."""
+        out = self.to_dict()
+        for name in _SUBCONFIGS:
+            for f in dataclasses.fields(getattr(self, name)):
+                if f.metadata.get("init_only"):
+                    del out[name][f.name]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "AlproConfig":
