@@ -65,6 +65,7 @@ class DataSection:
     synth_frames: int = 16  # frames of the virtual file a clip is sampled from (match the corpus files)
     synth_two_object_prob: float = 0.3  # share of clips with two shapes
     synth_qa_balance: bool = True  # QA: draw the question type uniformly, then a clip that has one
+    synth_qa_per_clip: int = 1  # QA: questions asked about each clip (the video is encoded once for all)
     synth_noise: float = 0.0  # std of Gaussian pixel noise (0-255 scale) added to rendered frames
 
 
@@ -153,6 +154,8 @@ class TrainConfig:
             raise TrainConfigError(f"data.source must be 'files' or 'synthetic', got {self.data.source!r}")
         if self.data.source == "files" and not self.data.train:
             raise TrainConfigError("data.train lists no annotation files (or set data.source: synthetic)")
+        if self.data.synth_qa_per_clip < 1:
+            raise TrainConfigError(f"data.synth_qa_per_clip must be >= 1, got {self.data.synth_qa_per_clip}")
         if self.train.amp not in ("auto", "bf16", "fp16", "off"):
             raise TrainConfigError(f"train.amp must be auto, bf16, fp16 or off, got {self.train.amp!r}")
         if self.loss.vtm_negatives not in ("global", "local"):

@@ -469,10 +469,30 @@ class SyntheticQA(KeyedDataset):
             pairs = [p for p in spec.qa_pairs() if wanted is None or p.answer_type == wanted]
             if pairs:
                 break
-        qa = pairs[int(rng.integers(len(pairs)))]
-        out: dict[str, Any] = {"video": self.frames.pipeline.normalize(frames), "is_image": False,
-                               "answer": self.answers.get(qa.answer, IGNORE_INDEX), "answer_type": qa.answer_type}
-        self.builder.text(out, qa.question, rng)
+        chosen = [pairs[int(rng.integers(len(pairs)))]]
+        if self.data.synth_qa_per_clip > 1:
+            # The other questions about the same clip: a type drawn uniformly among the clip's types, then a
+            # question of that type, so the types a clip rarely has (which, direction, size) are not swamped.
+            by_type: dict[str, list[synth.QAPair]] = {}
+            for pair in spec.qa_pairs():
+                by_type.setdefault(pair.answer_type, []).append(pair)
+            types = sorted(by_type)
+            for _ in range(self.data.synth_qa_per_clip - 1):
+                options = by_type[types[int(rng.integers(len(types)))]]
+                chosen.append(options[int(rng.integers(len(options)))])
+        out: dict[str, Any] = {"video": self.frames.pipeline.normalize(frames), "is_image": False}
+        texts = []
+        for qa in chosen:
+            item: dict[str, Any] = {}
+            self.builder.text(item, qa.question, rng)
+            texts.append(item)
+        if len(chosen) == 1:
+            out.update(texts[0], answer=self.answers.get(chosen[0].answer, IGNORE_INDEX),
+                       answer_type=chosen[0].answer_type)
+        else:  # (K, L) questions, (K,) answers: qa_loss encodes the video once and asks all K
+            out["input_ids"] = torch.stack([t["input_ids"] for t in texts])
+            out["attention_mask"] = torch.stack([t["attention_mask"] for t in texts])
+            out["answer"] = torch.tensor([self.answers.get(qa.answer, IGNORE_INDEX) for qa in chosen])
         return out
 
 

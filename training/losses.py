@@ -184,8 +184,15 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
 
 def qa_loss(model: AlproModel, batch: dict) -> LossOutput:
     """Answer classification cross-entropy; answers outside the vocabulary are ignored."""
-    logits = model.answer_logits(batch["video"], batch["input_ids"], batch["attention_mask"]).float()
-    labels = batch["answer"].to(logits.device)
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["answer"]
+    if ids.ndim == 3:  # (B, K, L): K questions per video; each video is encoded once
+        k = ids.shape[1]
+        video = model.video_tokens(batch["video"]).repeat_interleave(k, dim=0)
+        ids, mask, labels = ids.flatten(0, 1), mask.flatten(0, 1), labels.flatten()
+        logits = model.answer_logits_from_tokens(video, model.text_tokens(ids, mask), mask).float()
+    else:
+        logits = model.answer_logits(batch["video"], ids, mask).float()
+    labels = labels.to(logits.device)
     valid = labels != IGNORE_INDEX
     loss = global_mean(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"), valid.sum())
     acc = ((logits.argmax(1) == labels) & valid).sum().float() / valid.sum().clamp_min(1)

@@ -144,6 +144,37 @@ def test_synthetic_qa_balances_question_types_and_labels_answers():
             assert it["answer"] == -100  # not in this vocabulary: ignored by the loss
 
 
+def test_synthetic_qa_asks_several_questions_about_the_same_clip(monkeypatch):
+    answers = {a: i for i, a in enumerate(sorted({"one", "two", "position", "size", "rotation", "nothing", "colour",
+                                                  "left", "right", "up", "down", "bigger", "smaller",
+                                                  *synth.COLOURS, *synth.SHAPES}))}
+    data = DataSection(source="synthetic", synth_epoch_clips=60, synth_qa_per_clip=4, synth_two_object_prob=0.5)
+    ds = SyntheticQA(answers, CONFIG, data, seed=0)
+    one = SyntheticQA(answers, CONFIG, DataSection(source="synthetic", synth_epoch_clips=60,
+                                                   synth_two_object_prob=0.5), seed=0)
+    sampled: list = []
+    real_sample = synth.sample_spec
+    monkeypatch.setattr(synth, "sample_spec", lambda *a, **k: sampled.append(real_sample(*a, **k)) or sampled[-1])
+    tokenizer = ds.builder.tokenizer
+    types_seen = set()
+    for i in range(60):
+        item = ds[(0, i)]
+        spec = sampled[-1]  # the clip the item shows (no flips here)
+        assert item["input_ids"].shape[0] == item["attention_mask"].shape[0] == item["answer"].shape[0] == 4
+        truth = {}
+        for qa in spec.qa_pairs():
+            ids, _ = tokenizer([qa.question])
+            truth.setdefault(tuple(ids[0].tolist()), set()).add((answers[qa.answer], qa.answer_type))
+            types_seen.add(qa.answer_type)
+        for ids, answer in zip(item["input_ids"], item["answer"]):
+            assert int(answer) in {a for a, _ in truth[tuple(ids.tolist())]}
+        single = one[(0, i)]  # the first question and the video are those of one question per clip
+        assert torch.equal(single["video"], item["video"]) and torch.equal(single["input_ids"], item["input_ids"][0])
+    assert types_seen == set(synth.ANSWER_TYPES)
+    batch = collate([ds[(0, i)] for i in range(3)])
+    assert batch["input_ids"].shape[:2] == (3, 4) and batch["answer"].shape == (3, 4)
+
+
 def test_qa_dataset_flips_answers(tmp_path):
     from tests.video_factory import write_video
 

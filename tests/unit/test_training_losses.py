@@ -165,3 +165,19 @@ def test_qa_loss_ignores_answers_outside_the_vocabulary():
 def test_prompter_config_matches_the_model():
     model = tiny(num_entities=3)
     assert model.prompter.config == prompter_config(model.config)
+
+
+def test_qa_loss_with_several_questions_per_video_equals_repeating_each_video():
+    model = tiny(num_answers=5)
+    b = make_batch(model, [1, 2])
+    torch.manual_seed(4)
+    ids = torch.randint(1000, 2000, (2, 3, 10))
+    ids[..., 0], ids[..., -1] = 101, 102
+    mask = torch.ones_like(ids)
+    mask[1, 2, 6:] = 0  # one shorter question
+    answers = torch.tensor([[0, 4, -100], [2, 2, 1]])
+    grouped = qa_loss(model, {"video": b["video"], "input_ids": ids, "attention_mask": mask, "answer": answers})
+    flat = qa_loss(model, {"video": b["video"].repeat_interleave(3, dim=0), "input_ids": ids.flatten(0, 1),
+                           "attention_mask": mask.flatten(0, 1), "answer": answers.flatten()})
+    assert grouped.objective.item() == pytest.approx(flat.objective.item(), rel=1e-5)
+    assert grouped.terms["qa_acc"].item() == pytest.approx(flat.terms["qa_acc"].item())
