@@ -42,7 +42,7 @@ from PIL import Image, ImageDraw
 logger = logging.getLogger(__name__)
 
 # Bump whenever the same seed and settings would give different annotations or pixels.
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 SPLITS = ("train", "val", "test")
 
 # Well separated in RGB and in YUV after 4:2:0 subsampling; none is close to the dark backgrounds.
@@ -67,10 +67,10 @@ SPIN_FRACTION = 0.8
 GROW_FROM = 0.5  # a growing shape starts at this fraction of its full size (a shrinking one ends there)
 BOUND_RADIUS = 0.6  # every shape outline fits in a circle of radius BOUND_RADIUS * size around its centre
 POSITION_GRID = 1024  # positions are multiples of 1/1024 so mirroring (x -> 1 - x) is exact in floats
-SINGLE_SIZE = (0.32, 0.40)  # shape size (fraction of the frame side) when it is alone
-PAIR_SIZE = (0.27, 0.33)  # shape size when two share the frame
+SINGLE_SIZE = (0.46, 0.54)  # shape size (fraction of the frame side) when it is alone
+PAIR_SIZE = (0.30, 0.36)  # shape size when two share the frame
 GROW_SIZE_FACTOR = 1.25  # growing / shrinking shapes are this much larger at full size, so never tiny
-TRAVEL = (0.34, 0.42)  # distance a translating shape covers over the clip, fraction of the frame side
+TRAVEL = (0.22, 0.26)  # distance a translating shape covers over the clip, fraction of the frame side
 EDGE_GAP = 0.03  # minimum clearance between a shape's bounding circle and the frame edge
 PAIR_GAP = 0.03  # minimum clearance between the outlines' bounding circles of two shapes, at every instant
 BACKGROUND_MAX = 40  # backgrounds are greys in [0, BACKGROUND_MAX]
