@@ -156,21 +156,22 @@ def test_synthetic_qa_asks_several_questions_about_the_same_clip(monkeypatch):
     real_sample = synth.sample_spec
     monkeypatch.setattr(synth, "sample_spec", lambda *a, **k: sampled.append(real_sample(*a, **k)) or sampled[-1])
     tokenizer = ds.builder.tokenizer
-    types_seen = set()
+    types_asked = set()
     for i in range(60):
         item = ds[(0, i)]
         spec = sampled[-1]  # the clip the item shows (no flips here)
         assert item["input_ids"].shape[0] == item["attention_mask"].shape[0] == item["answer"].shape[0] == 4
-        truth = {}
+        truth = {}  # question tokens -> (answer index, type) of this clip
         for qa in spec.qa_pairs():
             ids, _ = tokenizer([qa.question])
-            truth.setdefault(tuple(ids[0].tolist()), set()).add((answers[qa.answer], qa.answer_type))
-            types_seen.add(qa.answer_type)
+            truth[tuple(ids[0].tolist())] = (answers[qa.answer], qa.answer_type)
         for ids, answer in zip(item["input_ids"], item["answer"]):
-            assert int(answer) in {a for a, _ in truth[tuple(ids.tolist())]}
+            expected, answer_type = truth[tuple(ids.tolist())]
+            assert int(answer) == expected
+            types_asked.add(answer_type)
         single = one[(0, i)]  # the first question and the video are those of one question per clip
         assert torch.equal(single["video"], item["video"]) and torch.equal(single["input_ids"], item["input_ids"][0])
-    assert types_seen == set(synth.ANSWER_TYPES)
+    assert types_asked == set(synth.ANSWER_TYPES)
     batch = collate([ds[(0, i)] for i in range(3)])
     assert batch["input_ids"].shape[:2] == (3, 4) and batch["answer"].shape == (3, 4)
 
