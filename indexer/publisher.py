@@ -119,8 +119,8 @@ def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: st
     wanted_type = choose_index_type(len(content.ids), index_type)
     same = (manifest.checkpoint_fingerprint == fingerprint and manifest.index_type == wanted_type
             and manifest.has_tokens == store_tokens and manifest.segment_seconds == segment_seconds
-            and np.array_equal(np.sort(current_ids), np.sort(content.ids)))
-    if not same or not np.array_equal(current_ids, content.ids):
+            and np.array_equal(current_ids, content.ids))
+    if not same:
         return None, False
     rows_same = (len(current_rows) == len(ROW_COLUMNS)
                  and all(np.array_equal(current_rows[name], np.asarray(getattr(content, name)), equal_nan=
