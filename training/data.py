@@ -466,7 +466,8 @@ class SyntheticQA(KeyedDataset):
             frames, flipped = self.frames.render(spec, rng)
             if flipped:
                 spec = spec.flipped()
-            pairs = [p for p in spec.qa_pairs() if wanted is None or p.answer_type == wanted]
+            every = spec.qa_pairs()
+            pairs = [p for p in every if wanted is None or p.answer_type == wanted]
             if pairs:
                 break
         chosen = [pairs[int(rng.integers(len(pairs)))]]
@@ -474,7 +475,7 @@ class SyntheticQA(KeyedDataset):
             # The other questions about the same clip: a type drawn uniformly among the clip's types, then a
             # question of that type, so the types a clip rarely has (which, direction, size) are not swamped.
             by_type: dict[str, list[synth.QAPair]] = {}
-            for pair in spec.qa_pairs():
+            for pair in every:
                 by_type.setdefault(pair.answer_type, []).append(pair)
             types = sorted(by_type)
             for _ in range(self.data.synth_qa_per_clip - 1):
