@@ -66,7 +66,8 @@ class AlproModel(nn.Module):
     def reset_parameters(self) -> None:
         """Random init as the reference: BERT normal(0.02); ViT truncated normal(0.02); zero time_embed.
         The text encoder's std is `config.text.init_std` (0.02 unless set); `time_embed` is truncated normal
-        with `config.vision.time_init_std` when that is set, `pos_embed` with `config.vision.pos_init_std`."""
+        with `config.vision.time_init_std` when that is set, `pos_embed` with `config.vision.pos_init_std`; a
+        conv patch stem gets He init."""
         text = set(self.text_encoder.modules())
         for module in self.modules():
             std = self.config.text.init_std if module in text else 0.02
@@ -80,6 +81,7 @@ class AlproModel(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
         enc = self.visual_encoder
+        enc.patch_embed.reset_stem()
         nn.init.trunc_normal_(enc.pos_embed, std=self.config.vision.pos_init_std)
         nn.init.trunc_normal_(enc.cls_token, std=0.02)
         if self.config.vision.time_init_std > 0:
@@ -222,7 +224,15 @@ def video_encoder_flops(config: AlproConfig) -> float:
     d, t, n = v.embed_dim, v.num_frames, v.num_patches
     hidden = int(d * v.mlp_ratio)
     tokens = n * t
-    patch = 2 * tokens * (3 * v.patch_size**2) * d
+    if v.patch_stem == "conv":  # 3x3 stride-2 convolutions, each output pixel 9 * c_in * c_out, then the 1x1
+        patch, side, c_in = 0, v.img_size, 3
+        for i in range(v.patch_size.bit_length() - 1):
+            side, c_out = (side + 1) // 2, 32 * 2**i
+            patch += 2 * t * side * side * 9 * c_in * c_out
+            c_in = c_out
+        patch += 2 * tokens * c_in * d
+    else:
+        patch = 2 * tokens * (3 * v.patch_size**2) * d
     temporal = 2 * tokens * (3 * d * d + d * d + d * d) + 2 * 2 * n * t * t * d  # qkv, proj, fc; QK^T and AV
     spatial = 2 * t * (n + 1) * (3 * d * d + d * d) + 2 * 2 * t * (n + 1) ** 2 * d
     mlp = 2 * (tokens + 1) * 2 * d * hidden

@@ -35,7 +35,7 @@ from .checkpoint import (
     load_state_dict_strict,
     unwrap_state_dict,
 )
-from .config import AlproConfig, TextConfig, VisionConfig, apply_overrides, preset_config
+from .config import AlproConfig, ConfigError, TextConfig, VisionConfig, apply_overrides, preset_config
 from .timesformer import resize_pos_embed
 
 logger = logging.getLogger(__name__)
@@ -310,6 +310,9 @@ def init_video_from_vit(model: AlproModel, vit_weights_path: PathLike) -> None:
     is not visible in the weights: it is the model config's (vision_num_heads). The prompter, when the
     model has one, gets the same weights.
     """
+    if model.config.vision.patch_stem != "linear":
+        raise ConfigError(f"ImageNet ViT weights embed patches linearly; vision patch_stem "
+                          f"{model.config.vision.patch_stem!r} is for training from scratch")
     path = _vit_weights_path(vit_weights_path)
     vit_state = read_weights_file(path)
     converted, names = convert_vit_state_dict(vit_state, model.config.vision)

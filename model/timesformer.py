@@ -55,15 +55,40 @@ class DividedSpaceTimeBlock(nn.Module):
 
 
 class PatchEmbed(nn.Module):
-    """Per-frame non-overlapping patches through a strided convolution."""
+    """Per-frame patch tokens: one strided convolution (the reference), or a convolutional stem before it.
+
+    The conv stem (`patch_stem="conv"`) halves the resolution log2(patch_size) times with 3x3 convolutions
+    (32, 64, 128, ... channels, BatchNorm, ReLU); `proj` is then a 1x1 convolution to the width, so each
+    token still covers one patch_size x patch_size patch of its frame.
+    """
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
         p = config.patch_size
-        self.proj = nn.Conv2d(3, config.embed_dim, kernel_size=p, stride=p)
+        if config.patch_stem == "conv":
+            layers: list[nn.Module] = []
+            channels = 3
+            for i in range(p.bit_length() - 1):
+                out = 32 * 2**i
+                layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
+                           nn.ReLU(inplace=True)]
+                channels = out
+            self.stem: nn.Module = nn.Sequential(*layers)
+            self.proj = nn.Conv2d(channels, config.embed_dim, kernel_size=1)
+        else:
+            self.stem = nn.Identity()
+            self.proj = nn.Conv2d(3, config.embed_dim, kernel_size=p, stride=p)
+
+    def reset_stem(self) -> None:
+        """He init for the stem's convolutions (followed by ReLU), unit BatchNorm, fresh running stats."""
+        for module in self.stem.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        return self.proj(frames).flatten(2).transpose(1, 2)  # (B*T, C, H, W) -> (B*T, N, D)
+        return self.proj(self.stem(frames)).flatten(2).transpose(1, 2)  # (B*T, C, H, W) -> (B*T, N, D)
 
 
 class VideoEncoder(nn.Module):

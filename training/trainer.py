@@ -118,6 +118,10 @@ class Trainer:
         self.out = Path(config.train.output_dir)
         self.setup: TaskSetup = prepare(config)
         self.model = self.setup.model.to(self.info.device)
+        if self.info.enabled and self.info.device.type == "cuda":
+            # BatchNorm (the conv patch stem) normalises over the global batch, as one process would; PyTorch's
+            # SyncBatchNorm runs on GPUs only, so CPU processes keep per-process batch statistics.
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model.train()
         if self.model.prompter is not None:
             self.model.prompter.eval()  # frozen teacher: no dropout

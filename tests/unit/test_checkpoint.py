@@ -196,3 +196,23 @@ def test_fingerprint_ignores_init_only_settings_and_sees_weights():
     deeper = create_model("tiny", vision_drop_path_rate=0.3)
     deeper.load_state_dict(base.state_dict())
     assert checkpoint_fingerprint(deeper) != checkpoint_fingerprint(base)  # other config fields still count
+
+
+def test_conv_patch_stem_round_trips_native_and_official(tmp_path):
+    torch.manual_seed(0)
+    model = create_model("tiny", vision_patch_stem="conv")
+    model.train()
+    with torch.no_grad():  # BatchNorm running statistics away from their initial values
+        model.visual_encoder(torch.randn(4, *load_reference("video.pt").shape[1:]) * 2 + 1)
+    model.eval()
+    model.save_pretrained(tmp_path / "native")
+    native = load_pretrained(tmp_path / "native")
+    assert native.config == model.config
+    assert_same_outputs(model, native)
+    save_official_checkpoint(model, tmp_path / "out.pt")
+    assert "visual_encoder.model.patch_embed.stem.0.weight" in official(tmp_path / "out.pt")
+    reloaded = load_official_checkpoint(tmp_path / "out.pt", official_bert_config(model.config),
+                                        vision_num_heads=model.config.vision.num_heads)
+    assert reloaded.config.vision.patch_stem == "conv"
+    assert reloaded.config.vision.patch_size == model.config.vision.patch_size
+    assert_same_outputs(model, reloaded)

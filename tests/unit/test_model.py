@@ -174,3 +174,31 @@ def test_position_and_time_embedding_init_std():
     assert (forward - backward).abs().max().item() > 1e-2
     with pytest.raises(ConfigError):
         create_model("tiny", vision_time_init_std=-1.0)
+
+
+def test_conv_patch_stem():
+    torch.manual_seed(0)
+    model = create_model("tiny", vision_patch_stem="conv")
+    linear = create_model("tiny")
+    embed = model.visual_encoder.patch_embed
+    p = model.config.vision.patch_size
+    convs = [m for m in embed.stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == p.bit_length() - 1 and all(c.stride == (2, 2) for c in convs)
+    for conv in convs:  # He init (fan-out, ReLU), not the 0.02 of the transformer's layers
+        fan_out = conv.out_channels * 9
+        assert conv.weight.std().item() == pytest.approx((2 / fan_out) ** 0.5, rel=0.15)
+    video = clip(model.config, batch=3)
+    with torch.no_grad():
+        tokens = model.visual_encoder(video)
+        assert tokens.shape == linear.visual_encoder(video).shape  # one token per patch, as before
+        # eval mode: BatchNorm uses its running statistics, so a clip's tokens do not depend on its batch
+        torch.testing.assert_close(model.visual_encoder(video[:1]), tokens[:1], atol=1e-5, rtol=1e-5)
+        norm = next(m for m in embed.stem.modules() if isinstance(m, torch.nn.BatchNorm2d))
+        before = norm.running_mean.clone()
+        model.train()
+        model.visual_encoder(video)
+        assert not torch.equal(norm.running_mean, before)  # training updates them
+    with pytest.raises(ConfigError, match="patch_stem 'resnet' is not one of"):
+        create_model("tiny", vision_patch_stem="resnet")
+    with pytest.raises(ConfigError, match="power-of-two patch_size"):
+        create_model("tiny", vision_patch_stem="conv", vision_patch_size=12, img_size=48)

@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from model import CheckpointError, create_model
+from model import CheckpointError, ConfigError, create_model
 from model.config import PRESETS
 from model.pretrained_init import create_model_from_pretrained, init_text_from_bert, init_video_from_vit
 
@@ -446,3 +446,13 @@ def test_tests_would_catch_a_swapped_norm(bert_mlm):
         layer.mlp_norm.weight.copy_(w)
     with pytest.raises(AssertionError):
         _assert_matches_bert(model, hf.bert)
+
+
+def test_vit_weights_refuse_a_conv_patch_stem(vit):
+    _, path = vit
+    model = create_model("tiny", vision_patch_stem="conv")
+    before = {k: v.clone() for k, v in model.visual_encoder.state_dict().items()}
+    with pytest.raises(ConfigError, match="patch_stem 'conv' is for training from scratch"):
+        init_video_from_vit(model, path)
+    after = model.visual_encoder.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
