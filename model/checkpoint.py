@@ -183,9 +183,9 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], bert_config: Mapping[st
     sd = state_dict
     width = _dim(sd, "video width", [("visual_encoder.cls_token", 2), ("visual_encoder.norm.weight", 0),
                                      ("visual_encoder.pos_embed", 2)])
-    stem_convs = _count(sd, r"^visual_encoder\.patch_embed\.stem\.(\d+)\.weight$")  # conv + BatchNorm per level
-    if stem_convs:  # conv stem: each level is conv, BatchNorm, ReLU (3 modules) and halves the resolution
-        patch = 2 ** ((stem_convs + 2) // 3)
+    stem_modules = _count(sd, r"^visual_encoder\.patch_embed\.stem\.(\d+)\.weight$")  # last index + 1
+    if stem_modules:  # conv stem: each level is conv, BatchNorm, ReLU (3 modules) and halves the resolution
+        patch = 2 ** ((stem_modules + 2) // 3)
     else:
         patch = _dim(sd, "patch size", [("visual_encoder.patch_embed.proj.weight", 3)])
     num_patches = _dim(sd, "patch count", [("visual_encoder.pos_embed", 1)]) - 1
@@ -204,7 +204,7 @@ def infer_config(state_dict: Mapping[str, torch.Tensor], bert_config: Mapping[st
         img_size=grid * patch,
         num_frames=_dim(sd, "frame count", [("visual_encoder.time_embed", 1)]),
         qkv_bias="visual_encoder.blocks.0.attn.qkv.bias" in sd,
-        patch_stem="conv" if stem_convs else "linear",
+        patch_stem="conv" if stem_modules else "linear",
     )
     text = TextConfig(
         vocab_size=_dim(sd, "vocabulary size", [("text_encoder.embeddings.word_embeddings.weight", 0),

@@ -22,6 +22,7 @@ from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
@@ -122,9 +123,7 @@ class Trainer:
             # BatchNorm (the conv patch stem) normalises over the global batch, as one process would; PyTorch's
             # SyncBatchNorm runs on GPUs only, so CPU processes keep per-process batch statistics.
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model.train()
-        if self.model.prompter is not None:
-            self.model.prompter.eval()  # frozen teacher: no dropout
+        self._train_mode()
         self.model.set_grad_checkpointing(config.model.grad_checkpointing)
         self.loss = LossModule(self.model, config.task, self.setup.loss_weights, config.loss)
         if self.info.enabled:
@@ -225,6 +224,18 @@ class Trainer:
         if self.setup.before_save is not None:
             self.setup.before_save(self.model)
 
+    def _train_mode(self) -> None:
+        """Training mode, but the prompter (a frozen teacher: no dropout) and frozen BatchNorm layers (the conv
+        patch stem of encoders frozen by optim.encoder_lr_mult 0) stay in eval mode: a frozen encoder keeps
+        its running statistics and computes what it computed before training."""
+        self.model.train()
+        if self.model.prompter is not None:
+            self.model.prompter.eval()
+        for module in self.model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                    p.requires_grad for p in module.parameters()):
+                module.eval()
+
     def _validate(self) -> Optional[dict[str, Any]]:
         if self.setup.evaluate is None:
             return None
@@ -233,9 +244,7 @@ class Trainer:
             start = time.perf_counter()
             metrics = self.setup.evaluate(self.model)
             metrics.pop("predictions", None)
-            self.model.train()
-            if self.model.prompter is not None:
-                self.model.prompter.eval()
+            self._train_mode()
             name = self.setup.best_metric
             if name not in metrics:
                 raise KeyError(f"best_metric {name!r} is not among the validation metrics {sorted(metrics)}")

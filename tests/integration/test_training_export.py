@@ -85,3 +85,20 @@ def test_prompter_checkpoint_holds_prompt_features(tmp_path):
     assert bool((norms > 0.05).all() and (norms <= 1.0 + 1e-5).all())  # means of unit vectors
     with pytest.raises(Exception):
         load_official_checkpoint({"temp": torch.tensor(1.0)}, official_bert_config(model.config))
+
+
+def test_conv_stem_checkpoint_exports_and_frozen_encoders_keep_its_statistics(tmp_path):
+    retrieval = trained(tmp_path, "finetune-retrieval", ["model.overrides.vision_patch_stem=conv"])
+    native, loaded = round_trip(tmp_path, retrieval)
+    assert loaded.config.vision.patch_stem == "conv"
+
+    def stats(model) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in model.state_dict().items() if ".stem." in k and "running_" in k}
+
+    before = stats(native)
+    assert before and not all(torch.equal(v, torch.zeros_like(v)) for v in before.values())  # trained
+    for mult, kept in (("0.0", True), ("1.0", False)):
+        qa = trained(tmp_path / mult, "finetune-qa", [f"model.init={retrieval}", f"optim.encoder_lr_mult={mult}"])
+        after = stats(load_pretrained(qa))
+        # frozen encoders: BatchNorm stays in eval mode and keeps the statistics it was trained with
+        assert all(torch.equal(before[k], after[k]) for k in before) is kept, mult
