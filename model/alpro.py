@@ -17,7 +17,7 @@ from torch import nn
 from .bert import TextEncoder
 from .config import AlproConfig
 from .layers import MlpHead
-from .timesformer import VideoEncoder
+from .timesformer import VideoEncoder, stem_channels
 
 TEMP_MIN, TEMP_MAX = 0.001, 0.5
 
@@ -226,8 +226,8 @@ def video_encoder_flops(config: AlproConfig) -> float:
     tokens = n * t
     if v.patch_stem == "conv":  # 3x3 stride-2 convolutions, each output pixel 9 * c_in * c_out, then the 1x1
         patch, side, c_in = 0, v.img_size, 3
-        for i in range(v.patch_size.bit_length() - 1):
-            side, c_out = (side + 1) // 2, 32 * 2**i
+        for c_out in stem_channels(v):
+            side = (side + 1) // 2
             patch += 2 * t * side * side * 9 * c_in * c_out
             c_in = c_out
         patch += 2 * tokens * c_in * d

@@ -54,6 +54,11 @@ class DividedSpaceTimeBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
+def stem_channels(config: VisionConfig) -> list[int]:
+    """Output channels of the conv patch stem's levels: 32, 64, 128, ..., one per halving of the resolution."""
+    return [32 * 2**i for i in range(config.patch_size.bit_length() - 1)]
+
+
 class PatchEmbed(nn.Module):
     """Per-frame patch tokens: one strided convolution (the reference), or a convolutional stem before it.
 
@@ -68,8 +73,7 @@ class PatchEmbed(nn.Module):
         if config.patch_stem == "conv":
             layers: list[nn.Module] = []
             channels = 3
-            for i in range(p.bit_length() - 1):
-                out = 32 * 2**i
+            for out in stem_channels(config):
                 layers += [nn.Conv2d(channels, out, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(out),
                            nn.ReLU(inplace=True)]
                 channels = out

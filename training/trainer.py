@@ -122,7 +122,7 @@ class Trainer:
         if self.info.enabled and self.info.device.type == "cuda":
             # BatchNorm (the conv patch stem) normalises over the global batch, as one process would; PyTorch's
             # SyncBatchNorm runs on GPUs only, so CPU processes keep per-process batch statistics.
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self._train_mode()
         self.model.set_grad_checkpointing(config.model.grad_checkpointing)
         self.loss = LossModule(self.model, config.task, self.setup.loss_weights, config.loss)
