@@ -67,6 +67,9 @@ class DataSection:
     synth_qa_balance: bool = True  # QA: draw the question type uniformly, then a clip that has one
     synth_qa_per_clip: int = 1  # QA: questions asked about each clip (the video is encoded once for all)
     synth_noise: float = 0.0  # std of Gaussian pixel noise (0-255 scale) added to rendered frames
+    # QA: > 0 draws clips from a fixed pool of this many (a clip's pixels, flip included, are the same every
+    # time it recurs; its question is drawn afresh), so train.cache_video_tokens can encode each clip once
+    synth_pool_clips: int = 0
 
 
 @dataclass
@@ -124,6 +127,9 @@ class RunSection:
     progress: bool = True  # tqdm progress bar on rank 0
     tensorboard: bool = False  # also write TensorBoard events when tensorboard is installed
     threads: int = 0  # torch CPU threads per process; 0 = leave torch's default
+    # finetune-qa with a frozen video encoder (optim.encoder_lr_mult 0) on a synthetic pool
+    # (data.synth_pool_clips): encode each pool clip once, in eval mode, and reuse its tokens in later steps
+    cache_video_tokens: bool = False
     dist_timeout_s: int = 1800
 
 
@@ -156,6 +162,15 @@ class TrainConfig:
             raise TrainConfigError("data.train lists no annotation files (or set data.source: synthetic)")
         if self.data.synth_qa_per_clip < 1:
             raise TrainConfigError(f"data.synth_qa_per_clip must be >= 1, got {self.data.synth_qa_per_clip}")
+        if self.data.synth_pool_clips < 0:
+            raise TrainConfigError(f"data.synth_pool_clips must be >= 0, got {self.data.synth_pool_clips}")
+        if self.train.cache_video_tokens:
+            if self.task != "finetune-qa" or self.optim.encoder_lr_mult != 0:
+                raise TrainConfigError("train.cache_video_tokens needs task finetune-qa with a frozen video encoder "
+                                       "(optim.encoder_lr_mult: 0)")
+            if self.data.source != "synthetic" or self.data.synth_pool_clips <= 0:
+                raise TrainConfigError("train.cache_video_tokens needs data.source synthetic with "
+                                       "data.synth_pool_clips > 0 (a fixed pool of clips to cache)")
         if self.train.amp not in ("auto", "bf16", "fp16", "off"):
             raise TrainConfigError(f"train.amp must be auto, bf16, fp16 or off, got {self.train.amp!r}")
         if self.loss.vtm_negatives not in ("global", "local"):

@@ -447,29 +447,64 @@ class SyntheticVideoText(KeyedDataset):
         return out
 
 
-class SyntheticQA(KeyedDataset):
-    """Fresh clips with one question each; question types drawn uniformly when `synth_qa_balance`."""
+POOL_STREAM = 0x9001  # seeds the generators of `synth_pool_clips` clips apart from the per-item ones
 
-    def __init__(self, answers: dict[str, int], model_config: AlproConfig, data: DataSection, seed: int) -> None:
+
+class SyntheticQA(KeyedDataset):
+    """Fresh clips (or clips of a fixed pool, `synth_pool_clips`) with `synth_qa_per_clip` questions each;
+    question types drawn uniformly when `synth_qa_balance`. Items carry `clip`: the pool index, -1 if fresh.
+    With `pool_videos=False` pool items carry no video: the consumer encodes `pool_video(clip)` once and
+    caches its tokens (train.cache_video_tokens)."""
+
+    def __init__(self, answers: dict[str, int], model_config: AlproConfig, data: DataSection, seed: int,
+                 pool_videos: bool = True) -> None:
         self.answers = answers
         self.frames = SyntheticFrames(model_config, data)
         self.builder = SampleBuilder(model_config, LossSection(), mlm=False, pem=False)
         self.data, self.seed, self.max_skip = data, seed, 0
+        self.pool_videos = pool_videos
+        self._pool_specs: dict[int, synth.ClipSpec] = {}  # per process; a pure function of (seed, clip)
 
     def __len__(self) -> int:
         return self.data.synth_epoch_clips
 
+    def pool_clip(self, clip: int) -> tuple[synth.ClipSpec, torch.Tensor]:
+        """Pool clip `clip`'s spec (as seen: flipped if its frames are) and normalised frames, the same on
+        every call: its spec, frame times and flip come from its own generator."""
+        if not 0 <= clip < self.data.synth_pool_clips:
+            raise IndexError(f"clip {clip} is not in the pool of {self.data.synth_pool_clips}")
+        rng = np.random.default_rng([self.seed, POOL_STREAM, clip])
+        spec = synth.sample_spec(rng, self.data.synth_two_object_prob)
+        frames, flipped = self.frames.render(spec, rng)
+        spec = spec.flipped() if flipped else spec
+        self._pool_specs[clip] = spec
+        return spec, self.frames.pipeline.normalize(frames)
+
+    def pool_video(self, clip: int) -> torch.Tensor:
+        return self.pool_clip(clip)[1]
+
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
         wanted = synth.ANSWER_TYPES[int(rng.integers(len(synth.ANSWER_TYPES)))] if self.data.synth_qa_balance else None
+        pool = self.data.synth_pool_clips
+        video: Optional[torch.Tensor] = None
         for _ in range(200):
-            spec = synth.sample_spec(rng, self.data.synth_two_object_prob)
-            frames, flipped = self.frames.render(spec, rng)
-            if flipped:
-                spec = spec.flipped()
+            if pool:
+                clip = int(rng.integers(pool))
+                spec = self._pool_specs.get(clip)
+                if spec is None or self.pool_videos:
+                    spec, video = self.pool_clip(clip)
+            else:
+                clip = -1
+                spec = synth.sample_spec(rng, self.data.synth_two_object_prob)
+                frames, flipped = self.frames.render(spec, rng)
+                if flipped:
+                    spec = spec.flipped()
             every = spec.qa_pairs()
             pairs = [p for p in every if wanted is None or p.answer_type == wanted]
             if pairs:
                 break
+        else:  # a small pool may lack the type: ask the last clip drawn anything
+            pairs = every
         chosen = [pairs[int(rng.integers(len(pairs)))]]
         if self.data.synth_qa_per_clip > 1:
             # The other questions about the same clip: a type drawn uniformly among the clip's types, then a
@@ -481,7 +516,11 @@ class SyntheticQA(KeyedDataset):
             for _ in range(self.data.synth_qa_per_clip - 1):
                 options = by_type[types[int(rng.integers(len(types)))]]
                 chosen.append(options[int(rng.integers(len(options)))])
-        out: dict[str, Any] = {"video": self.frames.pipeline.normalize(frames), "is_image": False}
+        out: dict[str, Any] = {"is_image": False, "clip": clip}
+        if not pool:
+            out["video"] = self.frames.pipeline.normalize(frames)
+        elif self.pool_videos:
+            out["video"] = video
         texts = []
         for qa in chosen:
             item: dict[str, Any] = {}

@@ -24,6 +24,7 @@ diagonal, which makes a duplicate caption in a batch a false negative).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -182,16 +183,16 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
     return LossOutput(objective=objective, terms=terms)
 
 
-def qa_loss(model: AlproModel, batch: dict) -> LossOutput:
-    """Answer classification cross-entropy; answers outside the vocabulary are ignored."""
+def qa_loss(model: AlproModel, batch: dict, video_tokens: Optional[torch.Tensor] = None) -> LossOutput:
+    """Answer classification cross-entropy; answers outside the vocabulary are ignored. `video_tokens`:
+    the batch's videos already encoded (a frozen encoder's cached tokens); None encodes `batch["video"]`."""
     ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["answer"]
+    video = model.video_tokens(batch["video"]) if video_tokens is None else video_tokens
     if ids.ndim == 3:  # (B, K, L): K questions per video; each video is encoded once
         k = ids.shape[1]
-        video = model.video_tokens(batch["video"]).repeat_interleave(k, dim=0)
+        video = video.repeat_interleave(k, dim=0)
         ids, mask, labels = ids.flatten(0, 1), mask.flatten(0, 1), labels.flatten()
-        logits = model.answer_logits_from_tokens(video, model.text_tokens(ids, mask), mask).float()
-    else:
-        logits = model.answer_logits(batch["video"], ids, mask).float()
+    logits = model.answer_logits_from_tokens(video, model.text_tokens(ids, mask), mask).float()
     labels = labels.to(logits.device)
     valid = labels != IGNORE_INDEX
     loss = global_mean(F.cross_entropy(logits, labels, ignore_index=IGNORE_INDEX, reduction="sum"), valid.sum())

@@ -45,21 +45,52 @@ class TaskSetup:
     before_save: Optional[Callable[[AlproModel], None]] = None
     files: dict[str, str] = field(default_factory=dict)  # extra files written beside every checkpoint
     new_heads: tuple[str, ...] = ()
+    pool_video: Optional[Callable[[int], torch.Tensor]] = None  # synthetic QA pool: clip index -> its video
 
 
 class LossModule(nn.Module):
     """The objective as a module, so DistributedDataParallel sees one forward per micro-step."""
 
-    def __init__(self, model: AlproModel, task: str, weights: dict[str, float], loss: LossSection) -> None:
+    def __init__(self, model: AlproModel, task: str, weights: dict[str, float], loss: LossSection,
+                 cache_video_tokens: bool = False,
+                 pool_video: Optional[Callable[[int], torch.Tensor]] = None) -> None:
         super().__init__()
         self.model = model
         self.task = task
         self.weights = weights
         self.loss = loss
+        # pool clip index -> its video tokens (train.cache_video_tokens); not state: rebuilt after a resume
+        self.video_cache: Optional[dict[int, torch.Tensor]] = {} if cache_video_tokens else None
+        self.pool_video = pool_video  # videos of clips the batch brings without pixels
+
+    def cached_video_tokens(self, batch: dict) -> torch.Tensor:
+        """The batch's video tokens, encoding (in eval mode, without gradients) only clips not seen before."""
+        cache, clips = self.video_cache, [int(c) for c in batch["clip"]]
+        assert cache is not None
+        if min(clips) < 0:
+            raise ValueError("cached video tokens need pool clips (data.synth_pool_clips > 0)")
+        missing = sorted({c: i for i, c in enumerate(clips) if c not in cache}.items())
+        if missing:
+            if "video" in batch:
+                video = batch["video"][[i for _, i in missing]]
+            elif self.pool_video is not None:
+                video = torch.stack([self.pool_video(c) for c, _ in missing]).to(self.model.device)
+            else:
+                raise ValueError("the batch brings neither videos nor a way to render its pool clips")
+            encoder = self.model.visual_encoder
+            was_training = encoder.training
+            encoder.eval()
+            with torch.no_grad():
+                tokens = self.model.video_tokens(video)
+            encoder.train(was_training)
+            for (clip, _), row in zip(missing, tokens):
+                cache[clip] = row.clone()
+        return torch.stack([cache[c] for c in clips])
 
     def forward(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if self.task == "finetune-qa":
-            out: LossOutput = qa_loss(self.model, batch)
+            video = self.cached_video_tokens(batch) if self.video_cache is not None else None
+            out: LossOutput = qa_loss(self.model, batch, video)
         else:
             out = alpro_losses(self.model, batch, self.weights, generator, self.loss.vtm_negatives,
                                self.loss.pem_min_confidence, self.loss.vtm_hard_ratio,
@@ -117,6 +148,7 @@ def prepare(config: TrainConfig) -> TaskSetup:
     files: dict[str, str] = {}
     seed = config.train.seed
 
+    pool_video: Optional[Callable[[int], torch.Tensor]] = None
     if task == "finetune-qa":
         records = read_qa(data.train, data.video_root) if data.source == "files" else []
         answers = resolve_answers(config, [r.answer for r in records])
@@ -126,7 +158,9 @@ def prepare(config: TrainConfig) -> TaskSetup:
         if data.source == "files":
             dataset: KeyedDataset = QADataset(records, answers, model_config, data, seed)
         else:
-            dataset = SyntheticQA(answers, model_config, data, seed)
+            dataset = SyntheticQA(answers, model_config, data, seed,
+                                  pool_videos=not config.train.cache_video_tokens)
+            pool_video = dataset.pool_video
         files["ans2label.json"] = json.dumps(answers, indent=1)
         val = read_qa(data.val, data.video_root) if data.val else []
         evaluate = (lambda m: evaluate_qa(m, _limit(val, config), config.eval.batch_size,
@@ -169,7 +203,7 @@ def prepare(config: TrainConfig) -> TaskSetup:
                 param.requires_grad_(False)
     return TaskSetup(model=model, train_dataset=dataset, loss_weights=weights, best_metric=best,
                      evaluate=evaluate, before_save=before_save, files=files,
-                     new_heads=new_head_prefixes(config.model, task))
+                     new_heads=new_head_prefixes(config.model, task), pool_video=pool_video)
 
 
 def _limit(records: list, config: TrainConfig) -> list:

@@ -125,7 +125,9 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self._train_mode()
         self.model.set_grad_checkpointing(config.model.grad_checkpointing)
-        self.loss = LossModule(self.model, config.task, self.setup.loss_weights, config.loss)
+        self.loss = LossModule(self.model, config.task, self.setup.loss_weights, config.loss,
+                               cache_video_tokens=config.train.cache_video_tokens,
+                               pool_video=self.setup.pool_video)
         if self.info.enabled:
             ids = [self.info.device.index] if self.info.device.type == "cuda" else None
             self.wrapped = DistributedDataParallel(self.loss, device_ids=ids, broadcast_buffers=False)

@@ -51,3 +51,32 @@ def test_stop_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
     careless = train(config(tmp_path / "no_rng", prompter), resume="auto")
     c = load_file(str(Path(careless.final) / "model.safetensors"))
     assert max(float((a[k].float() - c[k].float()).abs().max()) for k in a) > 1e-5
+
+
+def qa_config(out: Path, extra: list[str] = ()):
+    return load_config(None, [
+        "data.source=synthetic", "data.synth_epoch_clips=24", "data.synth_pool_clips=10", "data.num_workers=1",
+        "data.hflip_prob=0.5", "optim.encoder_lr_mult=0", "model.overrides.vision_drop_path_rate=0.0",
+        "train.batch_size=4", "train.max_steps=6", "train.log_every=1", "train.progress=false", "train.seed=11",
+        "optim.lr=1e-3", f"train.output_dir={out}", *extra], task="finetune-qa")
+
+
+def test_cached_video_tokens_train_as_encoding_every_step_and_resume(tmp_path):
+    """QA with frozen encoders on a pool: caching each clip's tokens changes nothing but the time, and a
+    stopped run (whose cache is gone) resumes to the uninterrupted run's weights."""
+    plain = train(qa_config(tmp_path / "plain"))
+    cached = train(qa_config(tmp_path / "cached", ["train.cache_video_tokens=true"]))
+    stopped = train(qa_config(tmp_path / "cut", ["train.cache_video_tokens=true", "train.stop_after=4"]))
+    assert stopped.stopped_early and stopped.steps == 4
+    resumed = train(qa_config(tmp_path / "cut", ["train.cache_video_tokens=true"]), resume="auto")
+    assert resumed.steps == 6
+    a = load_file(str(Path(plain.final) / "model.safetensors"))
+    at_4 = load_file(str(tmp_path / "cut" / "checkpoints" / "step_0000004" / "model.safetensors"))
+    # the last two steps moved the fusion layers and the classifier, not the frozen encoders
+    assert float((a["qa_head.fc2.weight"] - at_4["qa_head.fc2.weight"]).abs().max()) > 1e-4
+    assert torch.equal(a["visual_encoder.pos_embed"], at_4["visual_encoder.pos_embed"])
+    for run in (cached, resumed):
+        b = load_file(str(Path(run.final) / "model.safetensors"))
+        worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+        assert worst < 1e-5, worst
+        assert abs(plain.last_log["loss"] - run.last_log["loss"]) < 1e-5

@@ -94,3 +94,16 @@ def test_shipped_configs_load(name):
     if data.get("task") == "pretrain" and not data.get("model", {}).get("prompter"):
         overrides.append("model.prompter=somewhere")
     load_config(ROOT / "configs" / name, overrides)
+
+
+def test_cached_video_tokens_need_a_frozen_encoder_and_a_synthetic_pool(tmp_path):
+    base = "task: finetune-qa\ndata: {source: synthetic, synth_pool_clips: 64}\n"
+    ok = load_config(write(tmp_path, base), ["optim.encoder_lr_mult=0", "train.cache_video_tokens=true"])
+    assert ok.train.cache_video_tokens and ok.data.synth_pool_clips == 64
+    with pytest.raises(TrainConfigError, match="frozen video encoder"):
+        load_config(write(tmp_path, base), ["train.cache_video_tokens=true"])
+    with pytest.raises(TrainConfigError, match="synth_pool_clips"):
+        load_config(write(tmp_path, base), ["optim.encoder_lr_mult=0", "train.cache_video_tokens=true",
+                                            "data.synth_pool_clips=0"])
+    with pytest.raises(TrainConfigError, match="synth_pool_clips must be"):
+        load_config(write(tmp_path, base), ["data.synth_pool_clips=-1"])

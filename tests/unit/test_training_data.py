@@ -186,3 +186,38 @@ def test_qa_dataset_flips_answers(tmp_path):
     assert ds[(0, 0)]["answer"] == 1
     ds = QADataset(read_qa([tmp_path / "q.jsonl"], str(tmp_path)), answers, CONFIG, DataSection(hflip_prob=0.0), 0)
     assert ds[(0, 0)]["answer"] == 0
+
+
+def test_synthetic_qa_pool_clips_recur_with_the_same_pixels_and_their_own_questions():
+    answers = {a: i for i, a in enumerate(sorted({"one", "two", "position", "size", "rotation", "nothing", "colour",
+                                                  "left", "right", "up", "down", "bigger", "smaller",
+                                                  *synth.COLOURS, *synth.SHAPES}))}
+    data = DataSection(source="synthetic", synth_epoch_clips=60, synth_pool_clips=6, hflip_prob=0.5,
+                       synth_two_object_prob=0.5)
+    ds = SyntheticQA(answers, CONFIG, data, seed=0)
+    bare = SyntheticQA(answers, CONFIG, data, seed=0, pool_videos=False)
+    tokenizer = ds.builder.tokenizer
+    seen: dict[int, torch.Tensor] = {}
+    mirrored = set()
+    for i in range(60):
+        item, light = ds[(0, i)], bare[(0, i)]
+        clip = item["clip"]
+        assert 0 <= clip < 6 and light["clip"] == clip
+        # without pixels the same question about the same clip
+        assert "video" not in light and torch.equal(light["input_ids"], item["input_ids"])
+        assert light["answer"] == item["answer"]
+        spec, video = ds.pool_clip(clip)
+        assert torch.equal(item["video"], video) and torch.equal(bare.pool_video(clip), video)
+        if clip in seen:
+            assert torch.equal(seen[clip], video)
+        seen[clip] = video
+        truth = {tuple(tokenizer([qa.question])[0][0].tolist()): answers[qa.answer] for qa in spec.qa_pairs()}
+        assert truth[tuple(item["input_ids"].tolist())] == item["answer"]
+        if spec.mirrored:
+            mirrored.add(clip)
+    assert len(seen) == 6 and 0 < len(mirrored) < 6  # flips are part of a pool clip, drawn once
+    assert not torch.equal(SyntheticQA(answers, CONFIG, data, seed=1).pool_video(0), ds.pool_video(0))
+    fresh = SyntheticQA(answers, CONFIG, DataSection(source="synthetic", synth_epoch_clips=4), seed=0)[(0, 0)]
+    assert fresh["clip"] == -1 and "video" in fresh
+    with pytest.raises(IndexError):
+        ds.pool_clip(6)

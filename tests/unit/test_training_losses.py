@@ -181,3 +181,39 @@ def test_qa_loss_with_several_questions_per_video_equals_repeating_each_video():
                            "attention_mask": mask.flatten(0, 1), "answer": answers.flatten()})
     assert grouped.objective.item() == pytest.approx(flat.objective.item(), rel=1e-5)
     assert grouped.terms["qa_acc"].item() == pytest.approx(flat.terms["qa_acc"].item())
+
+
+def test_cached_video_tokens_give_the_loss_of_encoding_every_batch():
+    from training.config import LossSection
+    from training.tasks import LossModule
+    model = tiny(num_answers=5)
+    model.train()
+    for p in model.visual_encoder.parameters():
+        p.requires_grad_(False)
+    b = make_batch(model, [1, 2, 3])
+    b["video"][2] = b["video"][0]  # clip 7 twice
+    b["answer"], b["clip"] = torch.tensor([0, 3, 4]), torch.tensor([7, 2, 7])
+    pool = {7: b["video"][0], 2: b["video"][1], 5: torch.randn_like(b["video"][0])}
+    calls = []
+    model.visual_encoder.register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    plain = LossModule(model, "finetune-qa", {"qa": 1.0}, LossSection())
+    cached = LossModule(model, "finetune-qa", {"qa": 1.0}, LossSection(), cache_video_tokens=True,
+                        pool_video=pool.__getitem__)
+    gen = torch.Generator()
+    expected = plain(b, gen)[0]
+    assert calls == [3]
+    got = cached(b, gen)[0]
+    assert got.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert calls == [3, 2] and sorted(cached.video_cache) == [2, 7]  # each distinct clip encoded once
+    got.backward()
+    assert model.qa_head.fc2.weight.grad.abs().sum() > 0  # the loss still trains the fusion and head
+    # the same clips without pixels: from the cache, no encoding
+    bare = {k: v for k, v in b.items() if k != "video"}
+    assert cached(bare, gen)[0].item() == pytest.approx(expected.item(), rel=1e-5) and calls == [3, 2]
+    # a clip not seen before and without pixels is rendered through pool_video
+    bare["clip"] = torch.tensor([5, 2, 7])
+    b["video"][0] = pool[5]
+    assert cached(bare, gen)[0].item() == pytest.approx(plain(b, gen)[0].item(), rel=1e-5)
+    assert calls[-2:] == [1, 3]  # clip 5 alone, then the plain module's batch
+    with pytest.raises(ValueError, match="pool clips"):
+        cached({**bare, "clip": torch.tensor([-1, 2, 7])}, gen)
