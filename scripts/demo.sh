@@ -34,7 +34,7 @@ if [[ ! -f "$RET/final/config.json" ]]; then
     "$BIN/alpro-train" pretrain --config configs/demo.yaml "${paths[@]}" --output-dir "$RET" --resume auto
 fi
 if [[ ! -f "$QA/final/config.json" ]]; then
-    say "training the demo QA checkpoint (configs/demo_qa.yaml, about 3 minutes)"
+    say "training the demo QA checkpoint (configs/demo_qa.yaml, about 4 minutes)"
     "$BIN/alpro-train" finetune-qa --config configs/demo_qa.yaml "${paths[@]}" --set "model.init=$RET/final" \
         --output-dir "$QA" --resume auto
 fi
