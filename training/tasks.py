@@ -59,31 +59,28 @@ class LossModule(nn.Module):
         self.task = task
         self.weights = weights
         self.loss = loss
+        if cache_video_tokens and pool_video is None:
+            raise ValueError("cached video tokens need the pool's videos (pool_video)")
         # pool clip index -> its video tokens (train.cache_video_tokens); not state: rebuilt after a resume
         self.video_cache: Optional[dict[int, torch.Tensor]] = {} if cache_video_tokens else None
-        self.pool_video = pool_video  # videos of clips the batch brings without pixels
+        self.pool_video = pool_video  # pool clip index -> its normalised frames
 
     def cached_video_tokens(self, batch: dict) -> torch.Tensor:
         """The batch's video tokens, encoding (in eval mode, without gradients) only clips not seen before."""
         cache, clips = self.video_cache, [int(c) for c in batch["clip"]]
-        assert cache is not None
+        assert cache is not None and self.pool_video is not None
         if min(clips) < 0:
             raise ValueError("cached video tokens need pool clips (data.synth_pool_clips > 0)")
-        missing = sorted({c: i for i, c in enumerate(clips) if c not in cache}.items())
+        missing = list(dict.fromkeys(c for c in clips if c not in cache))
         if missing:
-            if "video" in batch:
-                video = batch["video"][[i for _, i in missing]]
-            elif self.pool_video is not None:
-                video = torch.stack([self.pool_video(c) for c, _ in missing]).to(self.model.device)
-            else:
-                raise ValueError("the batch brings neither videos nor a way to render its pool clips")
+            video = torch.stack([self.pool_video(c) for c in missing]).to(self.model.device)
             encoder = self.model.visual_encoder
             was_training = encoder.training
             encoder.eval()
             with torch.no_grad():
                 tokens = self.model.video_tokens(video)
             encoder.train(was_training)
-            for (clip, _), row in zip(missing, tokens):
+            for clip, row in zip(missing, tokens):
                 cache[clip] = row.clone()
         return torch.stack([cache[c] for c in clips])
 

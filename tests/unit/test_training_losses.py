@@ -217,3 +217,5 @@ def test_cached_video_tokens_give_the_loss_of_encoding_every_batch():
     assert calls[-2:] == [1, 3]  # clip 5 alone, then the plain module's batch
     with pytest.raises(ValueError, match="pool clips"):
         cached({**bare, "clip": torch.tensor([-1, 2, 7])}, gen)
+    with pytest.raises(ValueError, match="pool_video"):
+        LossModule(model, "finetune-qa", {"qa": 1.0}, LossSection(), cache_video_tokens=True)
