@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from model import AlproModel
 from model.alpro import TEMP_MAX, TEMP_MIN
 
-from .distributed import all_reduce_sum, gather_local_grad, gather_nograd, gather_with_grad, rank, world_size
+from .distributed import all_reduce_max, all_reduce_sum, gather_local_grad, gather_nograd, gather_with_grad, rank, world_size
 from .prompter import pseudo_labels
 
 IGNORE_INDEX = -100
@@ -48,6 +48,18 @@ def global_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
     """Sum over this rank / (global count / world): averaging over ranks gives the global mean."""
     global_count = all_reduce_sum(count.detach().float())
     return total * world_size() / global_count.clamp_min(1.0)
+
+
+def trim_padding(batch: dict, keys: tuple[str, ...], across_ranks: bool) -> tuple[torch.Tensor, ...]:
+    """The batch's text tensors (B, L) cut to the longest text's token count (over all ranks when
+    `across_ranks`, so all-gathered text tokens keep one shape). The tokenizer pads every text to
+    max_text_len; padded positions are masked keys whose outputs no loss reads, so cutting them changes no
+    value (up to float order) and saves the text and fusion layers' work on them."""
+    mask = batch["attention_mask"]
+    longest = int(mask.sum(dim=-1).max()) if mask.numel() else 0
+    if across_ranks:
+        longest = all_reduce_max(longest, mask.device)
+    return tuple(batch[k][..., :longest] for k in keys)
 
 
 def _temperature(model: AlproModel) -> torch.Tensor:
@@ -104,7 +116,10 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
     negatives (negatives are still drawn from the whole batch): the fusion passes for VTM are most of a
     small model's step, so a compute-bound run trades VTM pairs for steps. 0 scores all (the reference).
     """
-    video, ids, mask, keys = batch["video"], batch["input_ids"], batch["attention_mask"], batch["key"]
+    video, keys = batch["video"], batch["key"]
+    mlm = weights.get("mlm", 0) > 0
+    ids, mask, *mlm_text = trim_padding(batch, ("input_ids", "attention_mask")
+                                        + (("mlm_input_ids", "mlm_labels") if mlm else ()), across_ranks=True)
     b, length = ids.shape
     terms: dict[str, torch.Tensor] = {}
     objective = video.new_zeros(())
@@ -159,10 +174,10 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
             objective = objective + weights["vtm"] * loss
             terms["vtm_acc"] = ((logits.argmax(1) == labels) & keep).sum().float().detach() / keep.sum()
 
-    if weights.get("mlm", 0) > 0:
-        mlm_tokens = model.text_tokens(batch["mlm_input_ids"], mask)
+    if mlm:
+        mlm_ids, labels = mlm_text
+        mlm_tokens = model.text_tokens(mlm_ids, mask)
         hidden = model.fuse(video_tokens, mlm_tokens, mask)[:, :length]  # (B, L, D)
-        labels = batch["mlm_labels"]
         chosen = labels != IGNORE_INDEX
         logits = model.mlm_logits(hidden[chosen]).float()  # (M, vocab)
         loss = global_mean(F.cross_entropy(logits, labels[chosen], reduction="sum"), chosen.sum())
@@ -186,7 +201,8 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
 def qa_loss(model: AlproModel, batch: dict, video_tokens: Optional[torch.Tensor] = None) -> LossOutput:
     """Answer classification cross-entropy; answers outside the vocabulary are ignored. `video_tokens`:
     the batch's videos already encoded (a frozen encoder's cached tokens); None encodes `batch["video"]`."""
-    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["answer"]
+    ids, mask = trim_padding(batch, ("input_ids", "attention_mask"), across_ranks=False)
+    labels = batch["answer"]
     video = model.video_tokens(batch["video"]) if video_tokens is None else video_tokens
     if ids.ndim == 3:  # (B, K, L): K questions per video; each video is encoded once
         k = ids.shape[1]

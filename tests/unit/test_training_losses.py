@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from model import create_model
 from model.alpro import prompter_config
-from training.losses import alpro_losses, qa_loss, sample_negatives, vtc_loss
+from training.losses import alpro_losses, qa_loss, sample_negatives, trim_padding, vtc_loss
 from training.masking import mask_tokens
 from training.prompter import crop_video, patch_mask, sample_box
 
@@ -160,6 +160,48 @@ def test_qa_loss_ignores_answers_outside_the_vocabulary():
         logits = model.answer_logits(b["video"], b["input_ids"], b["attention_mask"])
     expected = F.cross_entropy(logits[[0, 2]], torch.tensor([2, 4]))
     assert out.objective.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def pad_texts(batch, lengths, width):
+    """Cut sample i's text to lengths[i] tokens ([SEP] last) and pad every text with [PAD] to `width`."""
+    out = dict(batch)
+    for key, fill in (("input_ids", 0), ("attention_mask", 0), ("mlm_input_ids", 0), ("mlm_labels", -100)):
+        rows = torch.full((len(lengths), width), fill, dtype=torch.long)
+        for i, n in enumerate(lengths):
+            rows[i, :n] = batch[key][i, :n]
+            if key == "input_ids":
+                rows[i, n - 1] = 102
+        out[key] = rows
+    return out
+
+
+def test_padding_is_cut_to_the_longest_text_and_changes_no_loss():
+    model = tiny(num_answers=5)
+    model.eval()  # no dropout: the same batch gives the same numbers
+    base = make_batch(model, [1, 1, 1, 1])  # one key: VTM scores the positive pairs only
+    base["mlm_labels"][:, 1] = base["input_ids"][:, 1]  # every text has a masked word to predict
+    base["answer"] = torch.tensor([0, 3, 1, 4])
+    lengths = [5, 8, 3, 6]
+    narrow, wide = pad_texts(base, lengths, 8), pad_texts(base, lengths, 20)
+    ids, mask = trim_padding(wide, ("input_ids", "attention_mask"), across_ranks=False)
+    assert ids.shape == (4, 8) and torch.equal(ids, narrow["input_ids"]) and torch.equal(mask, narrow["attention_mask"])
+    # the losses on 20 columns (12 of them [PAD] only) against the model run on all 20 without cutting
+    out = alpro_losses(model, wide, {"vtc": 1.0, "vtm": 1.0, "mlm": 1.0}, torch.Generator().manual_seed(5))
+    video, ids, mask, mlm_ids, labels = (wide[k] for k in ("video", "input_ids", "attention_mask", "mlm_input_ids",
+                                                            "mlm_labels"))
+    with torch.no_grad():
+        vtc, _, _ = vtc_loss(model, model.encode_video(video), model.encode_text(ids, mask), wide["key"])
+        vtm = F.cross_entropy(model.vtm_logits(video, ids, mask), torch.ones(4, dtype=torch.long))
+        hidden = model.fuse(model.video_tokens(video), model.text_tokens(mlm_ids, mask), mask)[:, :20]
+        chosen = labels != -100
+        mlm = F.cross_entropy(model.mlm_logits(hidden[chosen]), labels[chosen])
+        qa = F.cross_entropy(model.answer_logits(video, ids, mask), wide["answer"])
+    for key, expected in (("vtc", vtc), ("vtm", vtm), ("mlm", mlm)):
+        assert out.terms[key].item() == pytest.approx(expected.item(), rel=1e-5), key
+    assert qa_loss(model, wide).objective.item() == pytest.approx(qa.item(), rel=1e-5)
+    # a text that fills the width leaves nothing to cut
+    full = pad_texts(base, [10, 4, 4, 4], 10)
+    assert trim_padding(full, ("input_ids",), across_ranks=False)[0].shape == (4, 10)
 
 
 def test_prompter_config_matches_the_model():
