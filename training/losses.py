@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from model import AlproModel
 from model.alpro import TEMP_MAX, TEMP_MIN
 
-from .distributed import all_reduce_max, all_reduce_sum, gather_local_grad, gather_nograd, gather_with_grad, rank, world_size
+from .distributed import (all_reduce_max, all_reduce_sum, gather_local_grad, gather_nograd, gather_with_grad, rank,
+                          world_size)
 from .prompter import pseudo_labels
 
 IGNORE_INDEX = -100
