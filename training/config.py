@@ -67,6 +67,9 @@ class DataSection:
     synth_qa_balance: bool = True  # QA: draw the question type uniformly, then a clip that has one
     synth_qa_per_clip: int = 1  # QA: questions asked about each clip (the video is encoded once for all)
     synth_noise: float = 0.0  # std of Gaussian pixel noise (0-255 scale) added to rendered frames
+    # pre-training: pairs of clips that differ in one thing (training.synth.twin_spec kinds: reverse, shape,
+    # colour, still), side by side in a batch as each other's hardest negative; empty = independent clips
+    synth_twins: list[str] = field(default_factory=list)
     # QA: > 0 draws clips from a fixed pool of this many (a clip's pixels, flip included, are the same every
     # time it recurs; its question is drawn afresh), so train.cache_video_tokens can encode each clip once
     synth_pool_clips: int = 0
@@ -162,6 +165,14 @@ class TrainConfig:
             raise TrainConfigError("data.train lists no annotation files (or set data.source: synthetic)")
         if self.data.synth_qa_per_clip < 1:
             raise TrainConfigError(f"data.synth_qa_per_clip must be >= 1, got {self.data.synth_qa_per_clip}")
+        from .synth import TWIN_KINDS  # here: the synthetic source's imports are not needed to read a config
+
+        unknown = [k for k in self.data.synth_twins if k not in TWIN_KINDS]
+        if unknown:
+            raise TrainConfigError(f"data.synth_twins: unknown kinds {unknown}; choose from {list(TWIN_KINDS)}")
+        if self.data.synth_twins and self.train.batch_size % 2:
+            raise TrainConfigError(f"data.synth_twins needs an even train.batch_size (pairs share a batch), "
+                                   f"got {self.train.batch_size}")
         if self.data.synth_pool_clips < 0:
             raise TrainConfigError(f"data.synth_pool_clips must be >= 0, got {self.data.synth_pool_clips}")
         if self.train.cache_video_tokens:

@@ -156,12 +156,15 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
     """
 
     def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 shuffle: bool = True) -> None:
+                 shuffle: bool = True, group: int = 1) -> None:
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.rank, self.world_size, self.shuffle = rank, world_size, shuffle
         self.global_batch = batch_size * world_size
+        self.group = group  # > 1: items g*group .. g*group+group-1 stay together, in one rank's batch
         if num_items < self.global_batch:
             raise ValueError(f"{num_items} training items cannot fill one global batch of {self.global_batch}")
+        if group < 1 or batch_size % group:
+            raise ValueError(f"a batch of {batch_size} cannot hold whole groups of {group} items")
         self.epoch, self.start_batch = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
@@ -170,12 +173,18 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
     @property
     def batches_per_epoch(self) -> int:
-        return self.num_items // self.global_batch
+        return self.num_items // self.group * self.group // self.global_batch
 
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[list[tuple[int, int]]]:
         """This rank's batches of one epoch, from `start_batch` on."""
-        order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_items) if self.shuffle
-                 else np.arange(self.num_items))
+        if self.group == 1:
+            order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_items) if self.shuffle
+                     else np.arange(self.num_items))
+        else:  # whole groups in a shuffled order; a last incomplete group is left out
+            groups = self.num_items // self.group
+            first = (np.random.default_rng([self.seed, epoch]).permutation(groups) if self.shuffle
+                     else np.arange(groups)) * self.group
+            order = (first[:, None] + np.arange(self.group)).reshape(-1)
         for b in range(start_batch, self.batches_per_epoch):
             start = b * self.global_batch + self.rank * self.batch_size
             yield [(epoch, int(i)) for i in order[start:start + self.batch_size]]
@@ -423,21 +432,52 @@ class SyntheticFrames:
         return self.pipeline.augment(frames, rng)
 
 
+TWIN_STREAM = 0x7717  # seeds the generators a pair of twin clips shares, apart from the per-item ones
+
+
 class SyntheticVideoText(KeyedDataset):
-    """`synth_epoch_clips` fresh clips per epoch; a horizontal flip is `ClipSpec.flipped()` (left <-> right)."""
+    """`synth_epoch_clips` fresh clips per epoch; a horizontal flip is `ClipSpec.flipped()` (left <-> right).
+
+    With `synth_twins` (a list of `synth.TWIN_KINDS`) items 2k and 2k+1 are a pair: a clip and its twin
+    (`synth.twin_spec`, a kind drawn from the list; an unrelated fresh clip where no listed kind changes
+    the clip), at the same frame times and flip. `group` tells the sampler to keep a pair in one batch."""
 
     def __init__(self, model_config: AlproConfig, data: DataSection, loss: LossSection, seed: int,
                  mlm: bool = False, pem: bool = False) -> None:
         self.frames = SyntheticFrames(model_config, data)
         self.builder = SampleBuilder(model_config, loss, mlm, pem)
         self.data, self.seed, self.max_skip = data, seed, 0
+        self.group = 2 if data.synth_twins else 1
+        self._epoch = 0
 
     def __len__(self) -> int:
         return self.data.synth_epoch_clips
 
+    def __getitem__(self, key: tuple[int, int] | int) -> dict[str, Any]:
+        self._epoch = key[0] if isinstance(key, tuple) else 0  # the pair's generators need it
+        return super().__getitem__(key)
+
+    def _twin(self, index: int) -> tuple[synth.ClipSpec, np.random.Generator]:
+        """Item `index`'s spec when items come in twin pairs, and the generator both items render with."""
+        pair = [self.seed, TWIN_STREAM, self._epoch, index // 2]
+        spec = synth.sample_spec(np.random.default_rng(pair + [0]), self.data.synth_two_object_prob)
+        if index % 2:
+            rng = np.random.default_rng(pair + [1])
+            kinds = self.data.synth_twins
+            start = int(rng.integers(len(kinds)))
+            for kind in kinds[start:] + kinds[:start]:
+                twin = synth.twin_spec(spec, kind, rng)
+                if twin is not None:
+                    break
+            spec = twin if twin is not None else synth.sample_spec(rng, self.data.synth_two_object_prob)
+        return spec, np.random.default_rng(pair + [2])
+
     def load(self, index: int, rng: np.random.Generator) -> dict[str, Any]:
-        spec = synth.sample_spec(rng, self.data.synth_two_object_prob)
-        frames, flipped = self.frames.render(spec, rng)
+        if self.data.synth_twins:
+            spec, render_rng = self._twin(index)
+        else:
+            spec, render_rng = synth.sample_spec(rng, self.data.synth_two_object_prob), rng
+        frames, flipped = self.frames.render(spec, render_rng)
         if flipped:  # the pixels were flipped: describe the flipped clip
             spec = spec.flipped()
         video = self.frames.pipeline.normalize(frames)

@@ -60,6 +60,9 @@ SHAPES = ("circle", "square", "triangle", "star", "cross")
 MOTIONS = ("left", "right", "up", "down", "grow", "shrink", "spin", "still", "recolour")
 TRANSLATIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MIRRORED_MOTION = {"left": "right", "right": "left"}
+REVERSED_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow",
+                   "spin": "spin", "still": "still", "recolour": "recolour"}
+TWIN_KINDS = ("reverse", "shape", "colour", "still")
 # Degrees after which the shape looks the same again; a spin covers SPIN_FRACTION of it so it never
 # comes back to its start pose (a circle has no visible rotation and never spins).
 SYMMETRY_DEGREES = {"square": 90.0, "triangle": 120.0, "star": 72.0, "cross": 90.0}
@@ -166,6 +169,17 @@ class ObjectSpec:
         return dataclasses.replace(self, x=1.0 - self.x, angle=-self.angle, spin=-self.spin,
                                    motion=MIRRORED_MOTION.get(self.motion, self.motion))
 
+    def reversed(self) -> ObjectSpec:
+        """The same object with the clip played backwards: it ends where it started, right -> left,
+        grow -> shrink, the end colour first: `state_at(t)` of the result is `state_at(1 - t)` here, up to
+        float rounding (a pixel at an edge, now and then) and a recolour at t = 0.5 itself, which no frame
+        time of a file with an even frame count hits."""
+        dx, dy = TRANSLATIONS.get(self.motion, (0, 0))
+        return dataclasses.replace(
+            self, x=self.x + dx * self.distance, y=self.y + dy * self.distance, motion=REVERSED_MOTION[self.motion],
+            angle=self.angle + self.spin, spin=-self.spin, colour=self.to_colour or self.colour,
+            to_colour=self.colour if self.to_colour is not None else None)
+
     def state_at(self, t: float) -> tuple[float, float, float, float, str]:
         """(x, y, scale, angle, colour name) at clip time t in [0, 1]."""
         dx, dy = TRANSLATIONS.get(self.motion, (0, 0))
@@ -224,6 +238,10 @@ class ClipSpec:
         """The horizontally flipped clip: its frames are `render_clip(self)[:, :, ::-1]`, left <-> right."""
         return dataclasses.replace(self, objects=tuple(o.mirrored() for o in self.objects),
                                    mirrored=not self.mirrored)
+
+    def reversed(self) -> ClipSpec:
+        """The clip played backwards (see `ObjectSpec.reversed`)."""
+        return dataclasses.replace(self, objects=tuple(o.reversed() for o in self.objects))
 
     # -- language ---------------------------------------------------------------------------------------
     def caption(self, phrasing: int | None = None) -> str:
@@ -371,6 +389,44 @@ def sample_distinct_specs(rng: np.random.Generator, n: int, two_object_prob: flo
             raise SynthError(f"could not find {n} distinct captions (found {len(specs)}); "
                              "lower the split size or raise two_object_prob")
     return specs
+
+
+def twin_spec(spec: ClipSpec, kind: str, rng: np.random.Generator) -> ClipSpec | None:
+    """A clip that differs from `spec` in one thing only, with a different caption, or None if `kind` cannot
+    change this clip. Kinds (TWIN_KINDS): "reverse" plays it backwards (direction, bigger/smaller, start and
+    end colour swap); "shape" / "colour" give one shape another shape / start colour; "still" stops one
+    moving shape where it starts. Placed beside `spec` in a batch, the twin is the contrastive losses'
+    hardest negative: told apart only by what the kind changed."""
+    if kind not in TWIN_KINDS:
+        raise SynthError(f"unknown twin kind {kind!r}; expected one of {TWIN_KINDS}")
+    if kind == "reverse":
+        twin = spec.reversed()
+    else:
+        i = int(rng.integers(len(spec.objects)))
+        obj, others = spec.objects[i], [o for j, o in enumerate(spec.objects) if j != i]
+        if kind == "shape":
+            taken = {o.shape for o in others} | {obj.shape} | ({"circle"} if obj.motion == "spin" else set())
+            options = [s for s in SHAPES if s not in taken]
+            shape = options[int(rng.integers(len(options)))]
+            spin = math.copysign(SPIN_FRACTION * SYMMETRY_DEGREES[shape], obj.spin) if obj.motion == "spin" else 0.0
+            new = dataclasses.replace(obj, shape=shape, spin=spin)
+        elif kind == "colour":
+            taken = {c for o in spec.objects for c in (o.colour, o.to_colour) if c is not None}
+            options = [c for c in COLOURS if c not in taken]
+            new = dataclasses.replace(obj, colour=options[int(rng.integers(len(options)))])
+        else:  # still
+            if obj.motion == "still":
+                return None
+            new = dataclasses.replace(obj, motion="still", distance=0.0, spin=0.0, to_colour=None)
+            if others and not _apart(new, others[0]):
+                return None
+        objects = list(spec.objects)
+        objects[i] = new
+        twin = dataclasses.replace(spec, objects=tuple(objects))
+    if twin.key == spec.key:  # e.g. a still or spinning shape played backwards
+        return None
+    twin.validate()
+    return twin
 
 
 # -- rendering ----------------------------------------------------------------------------------------------

@@ -136,7 +136,8 @@ class Trainer:
         self.amp_dtype = resolve_amp(config.train.amp, self.info.device)
         run = config.train
         self.sampler = EpochBatchSampler(len(self.setup.train_dataset), run.batch_size, run.seed,
-                                         self.info.rank, self.info.world_size)
+                                         self.info.rank, self.info.world_size,
+                                         group=getattr(self.setup.train_dataset, "group", 1))
         workers = config.data.num_workers
         self.loader = DataLoader(self.setup.train_dataset, batch_sampler=self.sampler, num_workers=workers,
                                  collate_fn=collate, pin_memory=self.info.device.type == "cuda",

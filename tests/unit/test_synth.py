@@ -8,8 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from training.synth import (COLOURS, MOTIONS, SHAPES, ClipSpec, CorpusConfig, ObjectSpec, SynthError, clip_times,
-                            entity_vocabulary, render_clip, sample_corpus, sample_distinct_specs, sample_spec)
+from training.synth import (COLOURS, MOTIONS, SHAPES, TWIN_KINDS, ClipSpec, CorpusConfig, ObjectSpec, SynthError,
+                            clip_times, entity_vocabulary, render_clip, sample_corpus, sample_distinct_specs,
+                            sample_spec, twin_spec)
 
 # Hue (degrees) each colour name must have, written down from the names, not from the palette.
 EXPECTED_HUE = {"red": 0, "orange": 33, "yellow": 55, "green": 125, "cyan": 185, "blue": 228, "purple": 280}
@@ -212,6 +213,71 @@ def test_flipped_clip_is_the_mirror_image_with_swapped_directions():
     for _ in range(20):
         s = sample_spec(rng, 0.5)
         np.testing.assert_array_equal(render_clip(s.flipped(), 48, 3), render_clip(s, 48, 3)[:, :, ::-1])
+
+
+def test_reversed_clip_plays_the_frames_backwards_with_the_opposite_motion():
+    spec = clip(obj("triangle", "orange", "left", x=0.75, y=0.3, size=0.3, distance=0.4),
+                obj("star", "cyan", "recolour", x=0.3, y=0.75, size=0.3, to_colour="white"), phrasing=0)
+    back = spec.reversed()
+    ahead, behind = render_clip(spec, 64, 8), render_clip(back, 64, 8)
+    # the same pixels in the reverse order, up to float rounding along an edge (a row of a triangle)
+    assert ((ahead[::-1] != behind).any(-1).sum(axis=(1, 2)) <= 40).all()
+    orange = (behind[..., 0] > 200) & (behind[..., 1] > 100) & (behind[..., 1] < 180) & (behind[..., 2] < 60)
+    assert np.all(np.diff(centroids(orange)[:, 0]) > 0)  # the triangle now moves right
+    assert back.caption() == "an orange triangle moves to the right while a white star turns cyan"
+    assert back.reversed() == spec
+    answers = {(q.question, q.answer) for q in back.qa_pairs()}
+    assert ("which way does the triangle move?", "right") in answers
+    assert ("what colour does the star turn?", "cyan") in answers
+    size = {q.question: q.answer for q in clip(obj("square", "red", "grow")).reversed().qa_pairs()}
+    assert size["does the square get bigger or smaller?"] == "smaller"
+    # Sampled clips, every motion, mirrored ones included: the frames come back reversed.
+    rng = np.random.default_rng(8)
+    seen = set()
+    for _ in range(60):
+        s = sample_spec(rng, 0.5)
+        s = s.flipped() if rng.random() < 0.5 else s
+        seen |= {o.motion for o in s.objects}
+        ahead, back = render_clip(s, 48, 6), render_clip(s.reversed(), 48, 6)
+        assert ((ahead[::-1] != back).any(-1).sum(axis=(1, 2)) <= 30).all()
+    assert seen == set(MOTIONS)
+
+
+def test_twins_differ_from_the_clip_in_the_one_thing_their_kind_names():
+    rng = np.random.default_rng(3)
+    made = {kind: 0 for kind in TWIN_KINDS}
+    for _ in range(200):
+        spec = sample_spec(rng, 0.5)
+        for kind in TWIN_KINDS:
+            twin = twin_spec(spec, kind, rng)
+            if twin is None:
+                # only a clip that would look and read the same (no order to reverse, nothing moving)
+                assert kind in ("reverse", "still")
+                if kind == "reverse":
+                    assert {o.motion for o in spec.objects} <= {"still", "spin"}
+                continue
+            made[kind] += 1
+            twin.validate()
+            assert twin.key != spec.key and twin.background == spec.background
+            changed = [(a, b) for a, b in zip(spec.objects, twin.objects) if a != b]
+            if kind == "reverse":
+                assert [b.motion for _, b in changed] == [{"left": "right", "right": "left", "up": "down",
+                                                          "down": "up", "grow": "shrink", "shrink": "grow"}
+                                                         .get(a.motion, a.motion) for a, _ in changed]
+                continue
+            assert len(changed) == 1
+            (a, b), = changed
+            same = {f.name for f in dataclasses.fields(a) if getattr(a, f.name) == getattr(b, f.name)}
+            if kind == "shape":
+                assert a.shape != b.shape and {"colour", "motion", "x", "y", "size"} <= same
+                assert b.shape not in {o.shape for o in twin.objects if o is not b}
+            elif kind == "colour":
+                assert a.colour != b.colour and {"shape", "motion", "x", "y", "size", "to_colour"} <= same
+            else:
+                assert a.motion != "still" and b.motion == "still" and {"shape", "colour", "x", "y"} <= same
+    assert all(n >= 100 for n in made.values()), made
+    with pytest.raises(SynthError, match="twin kind"):
+        twin_spec(spec, "upside-down", rng)
 
 
 def test_render_times_match_frame_subsets_and_sizes_are_free():

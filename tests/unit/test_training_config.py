@@ -107,3 +107,13 @@ def test_cached_video_tokens_need_a_frozen_encoder_and_a_synthetic_pool(tmp_path
                                             "data.synth_pool_clips=0"])
     with pytest.raises(TrainConfigError, match="synth_pool_clips must be"):
         load_config(write(tmp_path, base), ["data.synth_pool_clips=-1"])
+
+
+def test_twin_kinds_are_checked_and_pairs_need_an_even_batch(tmp_path):
+    path = write(tmp_path, "data: {source: synthetic}\n")
+    ok = load_config(path, ["data.synth_twins=[reverse,shape]", "train.batch_size=8"], task="finetune-retrieval")
+    assert ok.data.synth_twins == ["reverse", "shape"]
+    with pytest.raises(TrainConfigError, match="upside"):
+        load_config(path, ["data.synth_twins=[reverse,upside]"], task="finetune-retrieval")
+    with pytest.raises(TrainConfigError, match="even"):
+        load_config(path, ["data.synth_twins=[reverse]", "train.batch_size=7"], task="finetune-retrieval")

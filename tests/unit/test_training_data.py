@@ -44,6 +44,54 @@ def test_sampler_ranks_concatenate_to_the_one_process_batch_and_resume_mid_epoch
         EpochBatchSampler(5, 4, seed=0, world_size=2)
 
 
+def test_grouped_sampler_keeps_each_group_in_one_rank_batch():
+    one = EpochBatchSampler(51, 8, seed=3, group=2)
+    two = [EpochBatchSampler(51, 4, seed=3, rank=r, world_size=2, group=2) for r in range(2)]
+    assert one.batches_per_epoch == 6
+    stream = list(islice(one, 12))
+    assert [a + b for a, b in islice(zip(*two), 12)] == stream
+    for batches in (stream, [b for s in two for b in islice(s, 12)]):
+        for batch in batches:
+            ids = [i for _, i in batch]
+            assert all(ids[k] % 2 == 0 and ids[k + 1] == ids[k] + 1 for k in range(0, len(ids), 2)), ids
+    flat = [i for batch in stream[:6] for _, i in batch]
+    assert len(set(flat)) == 48 and max(flat) < 50  # the lone item 50 is never drawn
+    assert flat != sorted(flat)
+    with pytest.raises(ValueError, match="whole groups"):
+        EpochBatchSampler(50, 5, seed=0, group=2)
+
+
+def test_synthetic_twins_are_pairs_of_clips_told_apart_by_one_thing():
+    data = DataSection(source="synthetic", synth_epoch_clips=60, hflip_prob=0.5, synth_two_object_prob=0.0,
+                       synth_twins=["reverse"])
+    config = preset_config("tiny", img_size=64, num_frames=4)
+    ds = SyntheticVideoText(config, data, LossSection(), seed=5)
+    decode = ds.builder.tokenizer.decode
+    way = {"left": -1, "right": 1}
+
+    def x_motion(video: torch.Tensor) -> float:
+        """How far the bright pixels' centroid moves along x from the first frame to the last."""
+        bright = video.amax(1) > 0.5  # (T, H, W): the object, not the dark background
+        xs = [torch.nonzero(m)[:, 1].float().mean().item() for m in bright]
+        return xs[-1] - xs[0]
+
+    pairs = 0
+    for k in range(30):
+        a, b = ds[(1, 2 * k)], ds[(1, 2 * k + 1)]
+        assert torch.equal(ds[(1, 2 * k + 1)]["video"], b["video"])  # a function of (epoch, index)
+        first, second = decode(a["input_ids"]).split(), decode(b["input_ids"]).split()
+        moves = [next((way[w] for w in words if w in way), 0) for words in (first, second)]
+        if moves[0]:
+            # the same shape in the same colour moves the other way; each caption says how its pixels move
+            assert first[:3] == second[:3] and moves[1] == -moves[0], (first, second)
+            assert x_motion(a["video"]) * moves[0] > 3 and x_motion(b["video"]) * moves[1] > 3
+            pairs += 1
+    assert pairs >= 3
+    # independent clips (no twins): neighbours are unrelated
+    plain = SyntheticVideoText(config, DataSection(source="synthetic", synth_epoch_clips=40), LossSection(), seed=5)
+    assert decode(plain[(1, 0)]["input_ids"]).split()[:3] != decode(plain[(1, 1)]["input_ids"]).split()[:3]
+
+
 def test_read_annotations(tmp_path):
     write_jsonl(tmp_path / "a.jsonl", [{"video": "v/1.mp4", "caption": "one"},
                                        {"video": "v/2.mp4", "caption": ["two", "deux"], "key": "k2"},
