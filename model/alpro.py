@@ -186,11 +186,15 @@ class AlproModel(nn.Module):
     def pem_logits(self, fused_video_tokens: torch.Tensor, patch_mask: torch.Tensor) -> torch.Tensor:
         """PEM: mean of the fused patch tokens inside each crop -> (B, num_entities) logits.
 
-        fused_video_tokens is (B, 1 + N, D) (the video part of `fuse`); patch_mask is (B, N), 1 inside the crop.
+        fused_video_tokens is (B, 1 + N, D) (the video part of `fuse`; (B, 1 + N*S, D) in (n s) order with vision
+        time_segments S, every segment of a patch then inside or outside the crop alike); patch_mask is (B, N),
+        1 inside the crop.
         """
         if self.pem_head is None:
             raise RuntimeError("this model has no PEM head (num_entities=0)")
         patches = fused_video_tokens[:, 1:]
+        if self.config.vision.time_segments > 1:
+            patch_mask = patch_mask.repeat_interleave(self.config.vision.time_segments, dim=1)  # (B, N*S)
         weights = patch_mask.to(patches.dtype).unsqueeze(-1)  # (B, N, 1)
         pooled = (patches * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         return self.pem_head(pooled)

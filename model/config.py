@@ -22,6 +22,9 @@ class ConfigError(ValueError):
 # Field metadata of settings that only shape a random init (loading replaces what they made): they say
 # nothing about what a checkpoint's weights compute, so `identity_dict` and the fingerprint leave them out.
 INIT_ONLY = {"init_only": True}
+# Settings added after checkpoints were made: left out of a checkpoint's identity while at their default, so
+# the fingerprints (and indexes) of existing checkpoints stay valid.
+OMIT_DEFAULT = {"omit_default": True}
 PATCH_STEMS = ("linear", "conv")
 
 
@@ -56,6 +59,16 @@ class VisionConfig:
     # 86% after 800 steps and 99.8% after 1200 with it, 44% and 60% with the linear one; the same stem with
     # GroupNorm, per-pixel LayerNorm or no norm in place of BatchNorm: 49%, 48%, 42% after 800 steps.
     patch_stem: str = "linear"
+    # Add `time_embed` to each frame's copy of cls in spatial attention (the reference adds it to patch tokens
+    # only). Frame t's cls then asks its own question of frame t's patches, so their mean over frames can
+    # tell a clip from the same clip played backwards in one attention layer. Not in ALPRO: no weights
+    # change, so official-format export writes a checkpoint the reference code runs without it.
+    cls_time: bool = field(default=False, metadata=OMIT_DEFAULT)
+    # Video tokens handed to fusion: each patch's tokens averaged over `time_segments` equal runs of frames,
+    # (1 + N*S) tokens in (n s) order. 1 is the reference (the mean over all frames: 1 + N tokens); T hands
+    # over every frame's tokens, so fusion can ask where a shape is early and where late. Not in ALPRO; no
+    # weights change. Must divide num_frames.
+    time_segments: int = field(default=1, metadata=OMIT_DEFAULT)
 
     @property
     def grid_size(self) -> int:
@@ -74,6 +87,9 @@ class VisionConfig:
             raise ConfigError(f"vision embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.num_frames < 1 or self.depth < 1:
             raise ConfigError("vision num_frames and depth must be >= 1")
+        if self.time_segments < 1 or self.num_frames % self.time_segments:
+            raise ConfigError(f"vision time_segments {self.time_segments} must be >= 1 and divide num_frames "
+                              f"{self.num_frames}")
         if self.pos_init_std < 0 or self.time_init_std < 0:
             raise ConfigError("vision pos_init_std and time_init_std must be >= 0")
         if self.patch_stem not in PATCH_STEMS:
@@ -167,7 +183,8 @@ class AlproConfig:
         out = self.to_dict()
         for name in _SUBCONFIGS:
             for f in dataclasses.fields(getattr(self, name)):
-                if f.metadata.get("init_only"):
+                if f.metadata.get("init_only") or (f.metadata.get("omit_default")
+                                                    and getattr(getattr(self, name), f.name) == f.default):
                     del out[name][f.name]
         return out
 

@@ -7,6 +7,8 @@ attention needs one transpose per block.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +34,8 @@ class DividedSpaceTimeBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * config.mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def forward(self, x: torch.Tensor, num_frames: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, num_frames: int, cls_time: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`cls_time` (1, T, D), when given, is added to frame t's copy of cls in spatial attention."""
         b, length, dim = x.shape  # (B, 1 + N*T, D), patches in (n t) order
         t = num_frames
         n = (length - 1) // t
@@ -45,7 +48,10 @@ class DividedSpaceTimeBlock(nn.Module):
 
         # Spatial: every frame attends over its N patches plus a copy of cls.
         xs = xt.view(b, n, t, dim).transpose(1, 2).reshape(b * t, n, dim)  # (B*T, N, D)
-        xs = torch.cat([cls.repeat_interleave(t, dim=0), xs], dim=1)  # (B*T, 1+N, D)
+        cls_frames = cls.repeat_interleave(t, dim=0)  # (B*T, 1, D)
+        if cls_time is not None:
+            cls_frames = (cls_frames.view(b, t, dim) + cls_time).view(b * t, 1, dim)
+        xs = torch.cat([cls_frames, xs], dim=1)  # (B*T, 1+N, D)
         res_s = self.drop_path(self.attn(self.norm1(xs)))
         res_cls = res_s[:, 0].view(b, t, dim).mean(dim=1, keepdim=True)  # (B, 1, D)
         res_p = res_s[:, 1:].view(b, t, n, dim).transpose(1, 2).reshape(b, n * t, dim)  # (B, N*T, D)
@@ -96,7 +102,8 @@ class PatchEmbed(nn.Module):
 
 
 class VideoEncoder(nn.Module):
-    """(B, T, 3, H, W) normalised frames -> (B, 1 + N, D) = [cls ; patch tokens averaged over time]."""
+    """(B, T, 3, H, W) normalised frames -> (B, 1 + N, D) = [cls ; patch tokens averaged over time], or with
+    `time_segments` S > 1 (B, 1 + N*S, D): [cls ; patch tokens averaged over each S-th of the frames], (n s) order."""
 
     def __init__(self, config: VisionConfig) -> None:
         super().__init__()
@@ -128,13 +135,15 @@ class VideoEncoder(nn.Module):
         patches = patches.view(b, t, n, dim).transpose(1, 2) + self.time_embed.unsqueeze(1)  # (B, N, T, D)
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(b, -1, -1)  # (B, 1, D)
         x = torch.cat([cls, patches.reshape(b, n * t, dim)], dim=1)  # (B, 1 + N*T, D)
+        cls_time = self.time_embed if self.config.cls_time else None
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                x = checkpoint(block, x, t, use_reentrant=False)
+                x = checkpoint(block, x, t, cls_time, use_reentrant=False)
             else:
-                x = block(x, t)
+                x = block(x, t, cls_time)
         x = self.norm(x)
-        pooled = x[:, 1:].view(b, n, t, dim).mean(dim=2)  # (B, N, D)
+        segments = self.config.time_segments
+        pooled = x[:, 1:].view(b, n * segments, t // segments, dim).mean(dim=2)  # (B, N*S, D)
         return torch.cat([x[:, :1], pooled], dim=1)
 
 

@@ -216,3 +216,16 @@ def test_conv_patch_stem_round_trips_native_and_official(tmp_path):
     assert reloaded.config.vision.patch_stem == "conv"
     assert reloaded.config.vision.patch_size == model.config.vision.patch_size
     assert_same_outputs(model, reloaded)
+
+
+def test_settings_added_later_count_in_the_fingerprint_only_when_set():
+    from model import checkpoint_fingerprint
+
+    torch.manual_seed(0)
+    base = create_model("tiny")
+    # a checkpoint saved before these settings existed has the same identity as one saved now at the defaults
+    assert not {"cls_time", "time_segments"} & set(base.config.identity_dict()["vision"])
+    for setting, value in (("vision_cls_time", True), ("vision_time_segments", 2)):
+        changed = create_model("tiny", **{setting: value})
+        changed.load_state_dict(base.state_dict())  # no new weights: only the function differs
+        assert checkpoint_fingerprint(changed) != checkpoint_fingerprint(base), setting

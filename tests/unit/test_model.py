@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model import AlproConfig, ConfigError, create_model, preset_config
+from model import AlproConfig, ConfigError, create_model, load_pretrained, preset_config
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,71 @@ def test_position_and_time_embedding_init_std():
     assert (forward - backward).abs().max().item() > 1e-2
     with pytest.raises(ConfigError):
         create_model("tiny", vision_time_init_std=-1.0)
+
+
+def test_cls_time_gives_each_frames_cls_copy_the_time_embedding(tmp_path):
+    torch.manual_seed(0)
+    plain = create_model("tiny", vision_time_init_std=0.5)
+    timed = create_model("tiny", vision_time_init_std=0.5, vision_cls_time=True)
+    timed.load_state_dict(plain.state_dict())  # no new weights: the same tensors load both ways
+    video = clip(plain.config, batch=2)
+    with torch.no_grad():
+        a, b = plain.visual_encoder(video), timed.visual_encoder(video)
+        assert (a - b).abs().max().item() > 1e-2
+        # it is the time embedding on cls that differs: with a zero time embedding both are the same network
+        for model in (plain, timed):
+            model.visual_encoder.time_embed.zero_()
+        torch.testing.assert_close(plain.visual_encoder(video), timed.visual_encoder(video))
+    # by hand, block 0's spatial attention for frame t's cls: [cls + time_embed[t] ; frame t's patches]
+    torch.manual_seed(1)
+    model = create_model("tiny", vision_time_init_std=0.5, vision_cls_time=True).eval()
+    enc, block = model.visual_encoder, model.visual_encoder.blocks[0]
+    captured = {}
+    block.attn.register_forward_hook(lambda _m, inputs, _out: captured.setdefault("x", inputs[0]))
+    with torch.no_grad():
+        enc(video[:1])
+    t = plain.config.vision.num_frames
+    cls_in = (enc.cls_token + enc.pos_embed[:, :1])[0, 0]  # (D,)
+    expected = block.norm1(cls_in + enc.time_embed[0])  # (T, D): the normed cls copies, one per frame
+    torch.testing.assert_close(captured["x"][:t, 0], expected)
+    # saved and loaded natively, the setting comes back
+    timed.save_pretrained(tmp_path / "m")
+    assert load_pretrained(tmp_path / "m").config.vision.cls_time
+
+
+@pytest.mark.parametrize("segments", [2, 4])
+@torch.no_grad()
+def test_time_segments_hand_fusion_each_part_of_the_clip_and_leave_retrieval_features_alone(segments):
+    torch.manual_seed(0)
+    settings = dict(num_frames=4, vision_time_init_std=0.5, num_entities=6)
+    pooled = create_model("tiny", **settings).eval()
+    split = create_model("tiny", vision_time_segments=segments, **settings).eval()
+    split.load_state_dict(pooled.state_dict())
+    v = pooled.config.vision
+    video = clip(pooled.config, batch=2)
+    a, b = pooled.video_tokens(video), split.video_tokens(video)
+    assert a.shape == (2, 1 + v.num_patches, v.embed_dim)
+    assert b.shape == (2, 1 + v.num_patches * segments, v.embed_dim)
+    torch.testing.assert_close(b[:, 0], a[:, 0])  # the same cls, so the same VTC features
+    torch.testing.assert_close(split.encode_video(video), pooled.encode_video(video))
+    # (n s) order: the segments of patch n are tokens n*S .. n*S + S - 1; segment s is the mean of its frames
+    per_segment = b[:, 1:].view(2, v.num_patches, segments, -1)
+    torch.testing.assert_close(per_segment.mean(2), a[:, 1:])
+    every_frame = create_model("tiny", vision_time_segments=4, **settings).eval()
+    every_frame.load_state_dict(pooled.state_dict())
+    frames = every_frame.video_tokens(video)[:, 1:].view(2, v.num_patches, 4, -1)
+    torch.testing.assert_close(per_segment, frames.view(2, v.num_patches, segments, 4 // segments, -1).mean(3))
+    assert (per_segment[:, :, 0] - per_segment[:, :, -1]).abs().max().item() > 1e-2  # early and late stay apart
+    # PEM pools every segment of the patches inside the crop
+    mask = torch.zeros(2, v.num_patches)
+    mask[:, :3] = 1
+    torch.testing.assert_close(split.pem_logits(b, mask), pooled.pem_logits(a, mask))
+    # the fusion reads all of them: its answer token differs from the pooled model's
+    ids, ones = torch.randint(1000, 2000, (2, 6)), torch.ones(2, 6, dtype=torch.long)
+    text = pooled.text_tokens(ids, ones)
+    assert not torch.allclose(split.fuse(b, text, ones)[:, 0], pooled.fuse(a, text, ones)[:, 0], atol=1e-4)
+    with pytest.raises(ConfigError, match="time_segments"):
+        create_model("tiny", num_frames=4, vision_time_segments=3)
 
 
 def test_conv_patch_stem():
