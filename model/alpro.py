@@ -8,7 +8,7 @@ so a caller can compute them once per video and cache them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
@@ -145,18 +145,19 @@ class AlproModel(nn.Module):
     # Fusion and the heads on top of it
 
     def fuse(self, video_tokens: torch.Tensor, text_tokens: torch.Tensor,
-             text_mask: torch.Tensor) -> torch.Tensor:
-        """Row i of text with row i of video -> (B, L + 1 + N, D) fused hidden states, text part first."""
+             text_mask: torch.Tensor, rows: Optional[int] = None) -> torch.Tensor:
+        """Row i of text with row i of video -> (B, L + 1 + N, D) fused hidden states, text part first; with
+        `rows`, only the first `rows` positions (B, rows, D) (the heads on [CLS] need 1: a cheaper last layer)."""
         if video_tokens.shape[0] != text_tokens.shape[0]:
             raise ValueError(f"fuse pairs rows: got {video_tokens.shape[0]} videos and {text_tokens.shape[0]} texts")
         video_mask = text_mask.new_ones(video_tokens.shape[:2])
         tokens = torch.cat([text_tokens, video_tokens.to(text_tokens.dtype)], dim=1)
-        return self.text_encoder.fuse(tokens, torch.cat([text_mask, video_mask], dim=1))
+        return self.text_encoder.fuse(tokens, torch.cat([text_mask, video_mask], dim=1), rows)
 
     def vtm_logits_from_tokens(self, video_tokens: torch.Tensor, text_tokens: torch.Tensor,
                                text_mask: torch.Tensor) -> torch.Tensor:
         """(B, 2) VTM logits from cached token outputs; index 1 = match."""
-        return self.itm_head(self.fuse(video_tokens, text_tokens, text_mask)[:, 0])
+        return self.itm_head(self.fuse(video_tokens, text_tokens, text_mask, rows=1)[:, 0])
 
     def vtm_logits(self, video: torch.Tensor, input_ids: torch.Tensor,
                    attention_mask: torch.Tensor) -> torch.Tensor:
@@ -169,7 +170,7 @@ class AlproModel(nn.Module):
         """(B, num_answers) QA logits from cached token outputs."""
         if self.qa_head is None:
             raise RuntimeError("this model has no QA head (num_answers=0); load a QA checkpoint")
-        return self.qa_head(self.fuse(video_tokens, text_tokens, text_mask)[:, 0])
+        return self.qa_head(self.fuse(video_tokens, text_tokens, text_mask, rows=1)[:, 0])
 
     def answer_logits(self, video: torch.Tensor, input_ids: torch.Tensor,
                       attention_mask: torch.Tensor) -> torch.Tensor:

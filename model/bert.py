@@ -27,17 +27,19 @@ class SelfAttention(nn.Module):
         self.value = nn.Linear(dim, dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D); with `rows`, only the first `rows` positions ask (B, rows, D), all answer."""
         b, length, dim = x.shape  # (B, L, D)
         heads = self.num_heads
+        queries = x if rows is None else x[:, :rows]
 
         def split(t: torch.Tensor) -> torch.Tensor:
-            return t.view(b, length, heads, dim // heads).transpose(1, 2)  # (B, heads, L, hd)
+            return t.view(b, t.shape[1], heads, dim // heads).transpose(1, 2)  # (B, heads, L, hd)
 
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        q, k, v = split(self.query(queries)), split(self.key(x)), split(self.value(x))
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
-        return self.out(out.transpose(1, 2).reshape(b, length, dim))
+        return self.out(out.transpose(1, 2).reshape(b, queries.shape[1], dim))
 
 
 class BertLayer(nn.Module):
@@ -51,8 +53,10 @@ class BertLayer(nn.Module):
         self.mlp_norm = nn.LayerNorm(dim, eps=eps)
         self.dropout = nn.Dropout(config.hidden_dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        x = self.attn_norm(x + self.dropout(self.attn(x, mask)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
+        """(B, L, D) -> (B, L, D), or the first `rows` positions' outputs alone (B, rows, D)."""
+        queries = x if rows is None else x[:, :rows]
+        x = self.attn_norm(queries + self.dropout(self.attn(x, mask, rows)))
         return self.mlp_norm(x + self.dropout(self.fc2(F.gelu(self.fc1(x)))))
 
 
@@ -94,19 +98,23 @@ class TextEncoder(nn.Module):
         self.layers = nn.ModuleList(BertLayer(config) for _ in range(config.num_layers))
         self.grad_checkpointing = False
 
-    def _run(self, x: torch.Tensor, mask: torch.Tensor | None, layers: nn.ModuleList) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, mask: torch.Tensor | None, layers: nn.ModuleList,
+             rows: int | None = None) -> torch.Tensor:
+        """The layers in turn; the last computes only the first `rows` positions when given."""
         sdpa_mask = attention_mask(mask)
-        for layer in layers:
+        for i, layer in enumerate(layers):
+            last_rows = rows if i == len(layers) - 1 else None
             if self.grad_checkpointing and self.training:
-                x = checkpoint(layer, x, sdpa_mask, use_reentrant=False)
+                x = checkpoint(layer, x, sdpa_mask, last_rows, use_reentrant=False)
             else:
-                x = layer(x, sdpa_mask)
+                x = layer(x, sdpa_mask, last_rows)
         return x
 
     def encode(self, input_ids: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """(N, L) token ids -> (N, L, D) after the text-only layers."""
         return self._run(self.embeddings(input_ids), mask, self.layers[: self.config.fusion_layer])
 
-    def fuse(self, tokens: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, L, D) concatenated text+video tokens -> (B, L, D) after the fusion layers."""
-        return self._run(tokens, mask, self.layers[self.config.fusion_layer :])
+    def fuse(self, tokens: torch.Tensor, mask: torch.Tensor | None, rows: int | None = None) -> torch.Tensor:
+        """(B, L, D) concatenated text+video tokens -> (B, L, D) after the fusion layers, or only the first `rows`
+        positions (B, rows, D): the last layer then skips the others, whose outputs nothing would read."""
+        return self._run(tokens, mask, self.layers[self.config.fusion_layer :], rows)

@@ -162,7 +162,8 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
         # rows: positives (v_i, t_i), negative texts (v_i, t_nt[i]), negative videos (v_nv[i], t_i)
         fused = model.fuse(torch.cat([video_tokens[:p], video_tokens[:n], video_all[nv]]),
                            torch.cat([text_tokens[:p], text_all[nt], text_tokens[:n]]),
-                           torch.cat([mask[:p], mask_all[nt], mask[:n]]))  # (p + 2n, L + 1 + N, D)
+                           torch.cat([mask[:p], mask_all[nt], mask[:n]]),
+                           rows=None if weights.get("pem", 0) > 0 else 1)  # (p + 2n, L + 1 + N or 1, D)
         fused_pos = fused[:p]
         if weights.get("vtm", 0) > 0:
             rows = torch.cat([fused[:n, 0], fused[p:, 0]])
@@ -178,7 +179,7 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
     if mlm:
         mlm_ids, labels = mlm_text
         mlm_tokens = model.text_tokens(mlm_ids, mask)
-        hidden = model.fuse(video_tokens, mlm_tokens, mask)[:, :length]  # (B, L, D)
+        hidden = model.fuse(video_tokens, mlm_tokens, mask, rows=length)  # (B, L, D)
         chosen = labels != IGNORE_INDEX
         logits = model.mlm_logits(hidden[chosen]).float()  # (M, vocab)
         loss = global_mean(F.cross_entropy(logits, labels[chosen], reduction="sum"), chosen.sum())

@@ -241,6 +241,32 @@ def test_time_segments_hand_fusion_each_part_of_the_clip_and_leave_retrieval_fea
         create_model("tiny", num_frames=4, vision_time_segments=3)
 
 
+def test_fusion_rows_give_the_same_outputs_for_the_rows_kept():
+    torch.manual_seed(0)
+    model = create_model("tiny", num_answers=5).eval()
+    video = clip(model.config, batch=3)
+    ids, mask = text(3, 7)
+    mask[1, 5:] = 0  # padding in one row: the kept rows still attend to the right keys
+    vt, tt = model.video_tokens(video), model.text_tokens(ids, mask)
+    full = model.fuse(vt, tt, mask)
+    for rows in (1, 7):
+        part = model.fuse(vt, tt, mask, rows=rows)
+        assert part.shape == (3, rows, full.shape[-1])
+        torch.testing.assert_close(part, full[:, :rows], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.answer_logits_from_tokens(vt, tt, mask), model.qa_head(full[:, 0]),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.vtm_logits_from_tokens(vt, tt, mask), model.itm_head(full[:, 0]),
+                               atol=1e-5, rtol=1e-5)
+    # and the gradients that reach the video tokens through the kept rows are the same, checkpointed or not
+    for checkpointed in (False, True):
+        model.train()
+        model.set_grad_checkpointing(checkpointed)
+        leaf_a, leaf_b = vt.detach().requires_grad_(), vt.detach().requires_grad_()
+        model.fuse(leaf_a, tt.detach(), mask)[:, 0].sum().backward()
+        model.fuse(leaf_b, tt.detach(), mask, rows=1)[:, 0].sum().backward()
+        torch.testing.assert_close(leaf_b.grad, leaf_a.grad, atol=1e-5, rtol=1e-4)
+
+
 def test_conv_patch_stem():
     torch.manual_seed(0)
     model = create_model("tiny", vision_patch_stem="conv")
