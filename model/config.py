@@ -60,9 +60,10 @@ class VisionConfig:
     # GroupNorm, per-pixel LayerNorm or no norm in place of BatchNorm: 49%, 48%, 42% after 800 steps.
     patch_stem: str = "linear"
     # Add `time_embed` to each frame's copy of cls in spatial attention (the reference adds it to patch tokens
-    # only). Frame t's cls then asks its own question of frame t's patches, so their mean over frames can
-    # tell a clip from the same clip played backwards in one attention layer. Not in ALPRO: no weights
-    # change, so official-format export writes a checkpoint the reference code runs without it.
+    # only). Frame t's cls then asks its own question of frame t's patches, so their mean over frames could
+    # tell a clip from the same clip played backwards within one attention layer (in the learning benchmark's
+    # 420 steps it did not learn to: README "Benchmarks"). Not in ALPRO: no weights change, so official-format
+    # export writes a checkpoint the reference code runs without it.
     cls_time: bool = field(default=False, metadata=OMIT_DEFAULT)
     # Video tokens handed to fusion: each patch's tokens averaged over `time_segments` equal runs of frames,
     # (1 + N*S) tokens in (n s) order. 1 is the reference (the mean over all frames: 1 + N tokens); T hands
