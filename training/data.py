@@ -177,14 +177,11 @@ class EpochBatchSampler(Sampler[list[tuple[int, int]]]):
 
     def epoch_batches(self, epoch: int, start_batch: int = 0) -> Iterator[list[tuple[int, int]]]:
         """This rank's batches of one epoch, from `start_batch` on."""
-        if self.group == 1:
-            order = (np.random.default_rng([self.seed, epoch]).permutation(self.num_items) if self.shuffle
-                     else np.arange(self.num_items))
-        else:  # whole groups in a shuffled order; a last incomplete group is left out
-            groups = self.num_items // self.group
-            first = (np.random.default_rng([self.seed, epoch]).permutation(groups) if self.shuffle
-                     else np.arange(groups)) * self.group
-            order = (first[:, None] + np.arange(self.group)).reshape(-1)
+        # whole groups in a shuffled order (a last incomplete group is left out); groups of 1 are the items
+        groups = self.num_items // self.group
+        first = (np.random.default_rng([self.seed, epoch]).permutation(groups) if self.shuffle
+                 else np.arange(groups)) * self.group
+        order = (first[:, None] + np.arange(self.group)).reshape(-1)
         for b in range(start_batch, self.batches_per_epoch):
             start = b * self.global_batch + self.rank * self.batch_size
             yield [(epoch, int(i)) for i in order[start:start + self.batch_size]]

@@ -60,8 +60,7 @@ SHAPES = ("circle", "square", "triangle", "star", "cross")
 MOTIONS = ("left", "right", "up", "down", "grow", "shrink", "spin", "still", "recolour")
 TRANSLATIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MIRRORED_MOTION = {"left": "right", "right": "left"}
-REVERSED_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow",
-                   "spin": "spin", "still": "still", "recolour": "recolour"}
+REVERSED_MOTION = {"left": "right", "right": "left", "up": "down", "down": "up", "grow": "shrink", "shrink": "grow"}
 TWIN_KINDS = ("reverse", "shape", "colour", "still")
 # Degrees after which the shape looks the same again; a spin covers SPIN_FRACTION of it so it never
 # comes back to its start pose (a circle has no visible rotation and never spins).
@@ -176,7 +175,7 @@ class ObjectSpec:
         time of a file with an even frame count hits."""
         dx, dy = TRANSLATIONS.get(self.motion, (0, 0))
         return dataclasses.replace(
-            self, x=self.x + dx * self.distance, y=self.y + dy * self.distance, motion=REVERSED_MOTION[self.motion],
+            self, x=self.x + dx * self.distance, y=self.y + dy * self.distance, motion=REVERSED_MOTION.get(self.motion, self.motion),
             angle=self.angle + self.spin, spin=-self.spin, colour=self.to_colour or self.colour,
             to_colour=self.colour if self.to_colour is not None else None)
 
