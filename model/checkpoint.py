@@ -129,7 +129,8 @@ def _official_text_prefix(config: AlproConfig) -> str:
 def export_official_state_dict(model: AlproModel) -> dict[str, torch.Tensor]:
     """Native model -> flat state dict with the reference's key names, loadable by the reference code."""
     config = model.config
-    unsaid = [name for name in ("cls_time", "time_segments") if getattr(config.vision, name) not in (False, 1)]
+    unsaid = [name for name in ("cls_time", "time_segments", "fusion_pos")
+              if getattr(config.vision, name) not in (False, 1)]
     if unsaid:
         logger.warning("vision settings %s are not in ALPRO and the official format cannot say them: the reference "
                        "code, and load_official_checkpoint, run these weights without them; the native format "

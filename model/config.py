@@ -70,6 +70,11 @@ class VisionConfig:
     # over every frame's tokens, so fusion can ask where a shape is early and where late. Not in ALPRO; no
     # weights change. Must divide num_frames.
     time_segments: int = field(default=1, metadata=OMIT_DEFAULT)
+    # Add each token's own position and time embedding (`pos_embed` of its patch, `time_embed` averaged over its
+    # segment's frames) to the patch tokens handed to fusion, after the encoder's last norm. Fusion has no
+    # position embedding of its own for the video, so it otherwise reads where and when a token is only from
+    # what the encoder kept of its input embeddings. Not in ALPRO; no weights change; [CLS] (retrieval) unchanged.
+    fusion_pos: bool = field(default=False, metadata=OMIT_DEFAULT)
 
     @property
     def grid_size(self) -> int:

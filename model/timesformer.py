@@ -144,6 +144,10 @@ class VideoEncoder(nn.Module):
         x = self.norm(x)
         segments = self.config.time_segments
         pooled = x[:, 1:].view(b, n * segments, t // segments, dim).mean(dim=2)  # (B, N*S, D)
+        if self.config.fusion_pos:
+            time = self.time_embed.view(1, 1, segments, t // segments, dim).mean(dim=3)  # (1, 1, S, D)
+            where = self.pos_embed[:, 1:].unsqueeze(2) + time  # (1, N, S, D)
+            pooled = pooled + where.reshape(1, n * segments, dim)
         return torch.cat([x[:, :1], pooled], dim=1)
 
 

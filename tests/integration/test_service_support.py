@@ -44,9 +44,11 @@ def make_checkpoints(root: Path) -> tuple[Path, Path]:
     torch.manual_seed(0)
     retrieval = create_model("tiny").save_pretrained(root / "retrieval")
     torch.manual_seed(1)
-    # fusion over every frame's tokens, as configs/learn_qa.yaml trains QA checkpoints
+    # fusion over every frame's tokens, placed by their position and time embeddings, as configs/learn_qa.yaml
+    # trains QA checkpoints
     qa = create_model("tiny", num_answers=len(QA_ANSWERS), answers=QA_ANSWERS, num_frames=4,
-                      vision_time_segments=4, mlm_head=False).save_pretrained(root / "qa")
+                      vision_time_segments=4, vision_fusion_pos=True, vision_time_init_std=0.5,
+                      mlm_head=False).save_pretrained(root / "qa")
     return retrieval, qa
 
 

@@ -224,8 +224,8 @@ def test_settings_added_later_count_in_the_fingerprint_only_when_set():
     torch.manual_seed(0)
     base = create_model("tiny")
     # a checkpoint saved before these settings existed has the same identity as one saved now at the defaults
-    assert not {"cls_time", "time_segments"} & set(base.config.identity_dict()["vision"])
-    for setting, value in (("vision_cls_time", True), ("vision_time_segments", 2)):
+    assert not {"cls_time", "time_segments", "fusion_pos"} & set(base.config.identity_dict()["vision"])
+    for setting, value in (("vision_cls_time", True), ("vision_time_segments", 2), ("vision_fusion_pos", True)):
         changed = create_model("tiny", **{setting: value})
         changed.load_state_dict(base.state_dict())  # no new weights: only the function differs
         assert checkpoint_fingerprint(changed) != checkpoint_fingerprint(base), setting

@@ -241,6 +241,25 @@ def test_time_segments_hand_fusion_each_part_of_the_clip_and_leave_retrieval_fea
         create_model("tiny", num_frames=4, vision_time_segments=3)
 
 
+@torch.no_grad()
+def test_fusion_pos_adds_each_tokens_own_position_and_time_embedding_for_fusion_only():
+    torch.manual_seed(0)
+    settings = dict(num_frames=4, vision_time_init_std=0.5, vision_time_segments=2)
+    plain = create_model("tiny", **settings).eval()
+    placed = create_model("tiny", vision_fusion_pos=True, **settings).eval()
+    placed.load_state_dict(plain.state_dict())  # no new weights
+    v, enc = plain.config.vision, plain.visual_encoder
+    video = clip(plain.config, batch=2)
+    a, b = plain.video_tokens(video), placed.video_tokens(video)
+    torch.testing.assert_close(b[:, 0], a[:, 0])
+    torch.testing.assert_close(placed.encode_video(video), plain.encode_video(video))
+    added = (b - a)[:, 1:].view(2, v.num_patches, 2, -1)  # (n s) order
+    for n in range(v.num_patches):
+        for s, frames in enumerate(([0, 1], [2, 3])):
+            expected = enc.pos_embed[0, 1 + n] + enc.time_embed[0, frames].mean(0)
+            torch.testing.assert_close(added[:, n, s], expected.expand(2, -1))
+
+
 def test_fusion_rows_give_the_same_outputs_for_the_rows_kept():
     torch.manual_seed(0)
     model = create_model("tiny", num_answers=5).eval()
