@@ -175,7 +175,8 @@ class ObjectSpec:
         time of a file with an even frame count hits."""
         dx, dy = TRANSLATIONS.get(self.motion, (0, 0))
         return dataclasses.replace(
-            self, x=self.x + dx * self.distance, y=self.y + dy * self.distance, motion=REVERSED_MOTION.get(self.motion, self.motion),
+            self, x=self.x + dx * self.distance, y=self.y + dy * self.distance,
+            motion=REVERSED_MOTION.get(self.motion, self.motion),
             angle=self.angle + self.spin, spin=-self.spin, colour=self.to_colour or self.colour,
             to_colour=self.colour if self.to_colour is not None else None)
 
