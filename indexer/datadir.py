@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -47,7 +46,6 @@ from .store import create_engine_for
 
 logger = logging.getLogger(__name__)
 
-DATABASE_ENV = "ALPRO_DATABASE_URL"
 DATABASE_NAME = "metadata.sqlite3"
 INDEX_DIR = "index"
 CURRENT_NAME = "CURRENT"
@@ -387,7 +385,7 @@ class DataDir:
 
     def __init__(self, root: str | Path, database_url: str | None = None) -> None:
         self.root = Path(root).expanduser().absolute()
-        self.database_url = database_url or os.environ.get(DATABASE_ENV) or default_database_url(self.root)
+        self.database_url = database_url or default_database_url(self.root)
         self._engine: Engine | None = None
         self._create = False
         self._engine_lock = threading.Lock()

@@ -7,11 +7,13 @@ embedder sat idle waiting for decoded clips, the number to watch when decoding i
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +22,7 @@ from torch.utils.data import DataLoader
 
 from model.alpro import AlproModel
 from model.checkpoint import checkpoint_fingerprint, load_model
+from model.hub import resolve_checkpoint
 
 from .cache import EmbeddingCache
 from .catalog import (delete_failures, delete_videos, load_failures, load_hash_cache, load_videos, record_failure,
@@ -119,13 +122,20 @@ class Indexer:
 
     # --- set-up ----------------------------------------------------------------------------------
 
+    @functools.cached_property
+    def checkpoint_path(self) -> Path:
+        """The checkpoint as a path: a released checkpoint's name is fetched into ALPRO_HOME on first use."""
+        s = self.settings
+        return resolve_checkpoint(s.checkpoint, home=s.home, base_url=s.checkpoint_url)
+
     def load_model(self) -> AlproModel:
         if self._model is None:
-            s = self.settings
-            if s.checkpoint.is_dir():
-                self._model = load_model(s.checkpoint)
+            path = self.checkpoint_path
+            if path.is_dir():
+                self._model = load_model(path)
             else:
-                self._model = load_model(s.checkpoint, s.bert_config, vision_num_heads=s.vision_num_heads)
+                s = self.settings
+                self._model = load_model(path, s.bert_config, vision_num_heads=s.vision_num_heads)
         return self._model
 
     def check_compatible(self, fingerprint: str, key: str) -> None:
@@ -376,7 +386,7 @@ class Indexer:
 
         t = time.perf_counter()
         result: PublishResult = publish(
-            self.datadir, cache, key=key, fingerprint=fingerprint, checkpoint=str(s.checkpoint),
+            self.datadir, cache, key=key, fingerprint=fingerprint, checkpoint=str(self.checkpoint_path),
             model_config=model.config.to_dict(), dim=model.config.embed_dim, index_type=s.index_type,
             store_tokens=s.store_tokens, segment_seconds=s.segment_seconds, keep_versions=s.keep_versions,
             recall_target=s.recall_target, use_gpu=resolve_device(s.device).type == "cuda",

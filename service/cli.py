@@ -11,21 +11,22 @@ import argparse
 import logging
 import os
 import sys
-from pathlib import Path
 from typing import Optional
 
-from pydantic import ValidationError
+
+_FLAGS = {"data_dir": "--data-dir", "host": "--host", "port": "--port", "checkpoint": "--checkpoint",
+          "bert_config": "--bert-config", "qa_checkpoint": "--qa-checkpoint", "device": "--device"}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alpro-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", type=Path, help="the indexer's data dir (or ALPRO_DATA_DIR)")
+    parser.add_argument("--data-dir", help="the indexer's data dir (or ALPRO_DATA_DIR)")
     parser.add_argument("--host", help="bind address (default 127.0.0.1, or ALPRO_HOST)")
     parser.add_argument("--port", type=int, help="port (default 8000, or ALPRO_PORT)")
-    parser.add_argument("--checkpoint", type=Path, help="retrieval checkpoint (default: the index's)")
-    parser.add_argument("--bert-config", type=Path, help="model_config.json for official .pt checkpoints")
-    parser.add_argument("--qa-checkpoint", type=Path, help="QA checkpoint; without one /qa answers 501")
+    parser.add_argument("--checkpoint", help="retrieval checkpoint: path or released name (default: the index's)")
+    parser.add_argument("--bert-config", help="model_config.json for official .pt checkpoints")
+    parser.add_argument("--qa-checkpoint", help="QA checkpoint: path or released name; without one /qa answers 501")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (or ALPRO_DEVICE)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     parser.add_argument("--no-access-log", action="store_true", help="do not log every request")
@@ -40,16 +41,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from settings import SettingsError, load_settings
+
     from .settings import Settings  # after logging is configured
 
-    overrides = {name: getattr(args, name) for name in ("data_dir", "host", "port", "checkpoint", "bert_config",
-                                                        "qa_checkpoint", "device") if getattr(args, name) is not None}
     try:
-        settings = Settings(**overrides)
-    except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
-                             for err in e.errors())
-        print(f"alpro-serve: invalid settings: {problems}", file=sys.stderr)
+        settings = load_settings(Settings, {name: getattr(args, name) for name in _FLAGS}, flags=_FLAGS)
+    except SettingsError as e:
+        print(f"alpro-serve: invalid settings: {e}", file=sys.stderr)
         return 2
 
     import uvicorn

@@ -24,6 +24,8 @@ import torch
 from indexer.datadir import DataDir, IndexManifest, IndexRow, IndexSnapshot
 from model import AlproModel, Tokenizer, checkpoint_fingerprint, load_model
 from model.decode import VideoError
+from model.download import FetchError
+from model.hub import is_checkpoint_name, resolve_checkpoint
 from model.preprocess import load_video
 
 from . import schemas
@@ -65,15 +67,25 @@ class LoadedModel:
                                       answers=config.num_answers or None)
 
 
-def load_checkpoint(path: Path, bert_config: Optional[Path], device: str) -> LoadedModel:
-    """Load a native directory or an official .pt (with its BERT config) strictly, in eval mode."""
+def load_checkpoint(spec: str | Path, bert_config: Optional[Path], device: str,
+                    settings: Optional[Settings] = None) -> LoadedModel:
+    """Load a native directory, an official .pt (with its BERT config) or a released checkpoint by name
+    (fetched into ALPRO_HOME on first use) strictly, in eval mode."""
     start = time.perf_counter()
     try:
+        if settings is not None:
+            path = resolve_checkpoint(str(spec), home=settings.home, base_url=settings.checkpoint_url)
+        else:
+            path = Path(spec)
+        if not path.exists():
+            raise FileNotFoundError(path)
         model = load_model(path, bert_config)
     except FileNotFoundError as e:
-        raise StartupError(f"checkpoint not found: {path}") from e
+        raise StartupError(f"checkpoint not found: {spec}") from e
+    except FetchError as e:
+        raise StartupError(f"cannot fetch checkpoint {spec}: {e}") from e
     except ValueError as e:  # CheckpointError, ConfigError: already name the bad key or value
-        raise StartupError(f"cannot load checkpoint {path}: {e}") from e
+        raise StartupError(f"cannot load checkpoint {spec}: {e}") from e
     fingerprint = checkpoint_fingerprint(model)  # of the weights as stored, before any device move
     model = model.to(torch.device(device)).eval()
     tokenizer = Tokenizer.from_config(model.config)
@@ -139,6 +151,7 @@ class Engine:
         # few, long-lived threads for the metadata DB: bounded DB concurrency, and a connection per thread
         self._db_pool = ThreadPoolExecutor(settings.db_workers, thread_name_prefix="db")
         self._qa_inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._qa_loading = asyncio.Lock()
         self._watcher: Optional[asyncio.Task] = None
         self.started_at = time.time()
 
@@ -161,13 +174,17 @@ class Engine:
             if checkpoint is None and snapshot is not None:
                 checkpoint = _manifest_checkpoint(snapshot.manifest, data_dir)
             if checkpoint is not None:
-                retrieval = load_checkpoint(checkpoint, settings.bert_config, device)
+                retrieval = load_checkpoint(checkpoint, settings.bert_config, device, settings)
             else:
                 logger.warning("no index in %s yet and ALPRO_CHECKPOINT is unset: the model loads when an index "
                                "is published", settings.data_dir)
             qa = None
-            if settings.qa_checkpoint is not None:
-                qa = load_checkpoint(settings.qa_checkpoint, settings.qa_bert_config or settings.bert_config, device)
+            if settings.qa_checkpoint is not None and _not_there_yet(settings.qa_checkpoint):
+                logger.warning("ALPRO_QA_CHECKPOINT %s is not there yet: /qa answers 503 until it is (it loads "
+                               "at the first question after it appears)", settings.qa_checkpoint)
+            elif settings.qa_checkpoint is not None:
+                qa = load_checkpoint(settings.qa_checkpoint, settings.qa_bert_config or settings.bert_config, device,
+                                     settings)
                 if qa.model.qa_head is None:
                     raise StartupError(f"ALPRO_QA_CHECKPOINT {settings.qa_checkpoint} has no QA head (num_answers=0)")
             engine = cls(settings, metrics, data_dir, retrieval, qa)
@@ -519,10 +536,7 @@ class Engine:
 
     async def answer(self, request: schemas.QARequest) -> schemas.QAResponse:
         start = time.perf_counter()
-        qa = self.qa
-        if qa is None:
-            raise QANotConfiguredError("question answering is not configured on this server: start it with "
-                                       "ALPRO_QA_CHECKPOINT set to a QA checkpoint")
+        qa = self.qa or await self._load_pending_qa()
         if len(request.question) > self.settings.max_query_chars:
             raise InvalidRequestError(
                 f"question: longer than this server's limit of {self.settings.max_query_chars} characters")
@@ -537,6 +551,28 @@ class Engine:
         answers = [schemas.Answer(answer=names[i] if i < len(names) else f"#{i}", score=p) for i, p in ranked]
         return schemas.QAResponse(video_id=request.video_id, question=request.question, answers=answers, cached=cached,
                                   took_ms=round((time.perf_counter() - start) * 1000, 3))
+
+    async def _load_pending_qa(self) -> LoadedModel:
+        """The QA checkpoint that was not there at start-up (e.g. fetched into a volume later), once it is."""
+        spec = self.settings.qa_checkpoint
+        if spec is None:
+            raise QANotConfiguredError("question answering is not configured on this server: start it with "
+                                       "ALPRO_QA_CHECKPOINT set to a QA checkpoint")
+        if _not_there_yet(spec):
+            raise UnavailableError(f"the QA checkpoint {spec} is not there yet (fetch, import or train it; see "
+                                   f"README, Deploy)", headers={"Retry-After": str(self.settings.retry_after_s)})
+        async with self._qa_loading:
+            if self.qa is None:
+                settings = self.settings
+                try:
+                    qa = await asyncio.to_thread(load_checkpoint, spec,
+                                                 settings.qa_bert_config or settings.bert_config, self.device, settings)
+                except StartupError as e:
+                    raise UnavailableError(str(e)) from e
+                if qa.model.qa_head is None:
+                    raise UnavailableError(f"ALPRO_QA_CHECKPOINT {spec} has no QA head (num_answers=0)")
+                self.qa = qa
+        return self.qa
 
     async def _qa_video_tokens(self, qa: LoadedModel, video_id: str, path: Path) -> tuple[torch.Tensor, bool]:
         key = (qa.fingerprint, video_id)
@@ -638,6 +674,11 @@ class Engine:
 
 def stream_url(video_id: str) -> str:
     return f"/videos/{video_id}/stream"
+
+
+def _not_there_yet(spec: str) -> bool:
+    """A checkpoint path that does not exist (yet), as opposed to a released checkpoint's name."""
+    return not Path(spec).expanduser().exists() and not is_checkpoint_name(spec)
 
 
 def _manifest_checkpoint(manifest: IndexManifest, data_dir: DataDir) -> Path:

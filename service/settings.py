@@ -1,35 +1,33 @@
-"""Service settings: every field from an `ALPRO_*` environment variable (pydantic-settings), or the CLI.
+"""Service settings: the shared `ALPRO_*` layer (settings.SharedSettings) plus the service's own variables.
 
-Hard request limits live in `service.schemas` (they shape the OpenAPI schema); the fields here may only
-tighten them.
+Flags of `alpro-serve` win over the environment; an empty variable means unset. Hard request limits live in
+`service.schemas` (they shape the OpenAPI schema); the fields here may only tighten them.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from settings import SharedSettings
 
 from . import schemas
 
-ENV_PREFIX = "ALPRO_"
 
+class Settings(SharedSettings):
+    """What `alpro-serve` serves and how; see README "Configuration" for the environment variables.
 
-class Settings(BaseSettings):
-    """What `alpro-serve` serves and how; see README "Serving" for the environment variables."""
+    Shared with the indexer: data_dir (required here), database_url, checkpoint (default: the one the index
+    manifest records), bert_config, device, home, checkpoint_url.
+    """
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
-
-    # --- what to serve
     data_dir: Path  # the indexer's data dir (index/, metadata.sqlite3, thumbnails/)
-    database_url: Optional[str] = None  # SQLAlchemy URL of the metadata DB; default DATA_DIR/metadata.sqlite3
-    checkpoint: Optional[Path] = None  # retrieval checkpoint; default: the one the index manifest records
-    bert_config: Optional[Path] = None  # model_config.json, needed for official .pt checkpoints
-    qa_checkpoint: Optional[Path] = None  # QA checkpoint (native dir or official .pt); unset: /qa answers 501
+    qa_checkpoint: Optional[str] = None  # QA checkpoint (native dir, official .pt or a released name); unset: 501
     qa_bert_config: Optional[Path] = None  # BERT config of an official QA .pt; default bert_config
-    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
 
     # --- network
     host: str = "127.0.0.1"
@@ -77,9 +75,15 @@ class Settings(BaseSettings):
             return [part.strip() for part in text.split(",") if part.strip()]
         return value
 
+    @field_validator("qa_checkpoint", mode="before")
+    @classmethod
+    def _qa_path_as_text(cls, value: Any) -> Any:
+        return os.fspath(value) if isinstance(value, os.PathLike) else value
+
     @field_validator("data_dir")
     @classmethod
     def _data_dir_exists(cls, value: Path) -> Path:
+        value = value.expanduser()
         if not value.is_dir():
             raise ValueError(f"data dir {value} does not exist or is not a directory")
         return value.resolve()
@@ -87,7 +91,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _api_key_not_blank(self) -> "Settings":
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
-            raise ValueError("ALPRO_API_KEY is set but empty; unset it to turn the key off")
+            raise ValueError("ALPRO_API_KEY is set but blank; unset it (or leave it empty) to turn the key off")
         return self
 
     @property

@@ -55,10 +55,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     except TrainConfigError as e:
         print(f"alpro-train: error: {e}", file=sys.stderr)
         return 2
+    from settings import SettingsError
+
+    from .environment import read_environment, resolve_named_checkpoints
+
+    try:
+        env = read_environment()
+        config = resolve_named_checkpoints(config, env)
+    except (SettingsError, ValueError) as e:  # a bad ALPRO_* value, or a released checkpoint that cannot be had
+        print(f"alpro-train: error: {e}", file=sys.stderr)
+        return 2
     from .trainer import train
 
     try:
-        result = train(config, resume=args.resume)
+        result = train(config, resume=args.resume, device=env.device)
     finally:
         is_main = rank() == 0
         shutdown_distributed()

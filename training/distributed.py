@@ -39,7 +39,11 @@ def init_distributed(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    if use_cuda:  # under torchrun each rank takes its local GPU; alone, `cuda:N` picks GPU N
+        index = int(device.split(":")[1]) if ":" in device and world == 1 else local_rank
+        dev = torch.device("cuda", index)
+    else:
+        dev = torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():

@@ -111,9 +111,9 @@ class JsonlLog:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig, info: Optional[DistInfo] = None) -> None:
+    def __init__(self, config: TrainConfig, info: Optional[DistInfo] = None, device: str = "auto") -> None:
         self.config = config
-        self.info = info or init_distributed(timeout_s=config.train.dist_timeout_s)
+        self.info = info or init_distributed(device, timeout_s=config.train.dist_timeout_s)
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
         self.out = Path(config.train.output_dir)
@@ -383,6 +383,6 @@ class Trainer:
                            last_log=last_log)
 
 
-def train(config: TrainConfig, resume: Optional[str] = None) -> TrainResult:
-    """Run one training task to the end (or to `train.stop_after`)."""
-    return Trainer(config).fit(resume)
+def train(config: TrainConfig, resume: Optional[str] = None, device: str = "auto") -> TrainResult:
+    """Run one training task to the end (or to `train.stop_after`) on `device` (auto: CUDA when present)."""
+    return Trainer(config, device=device).fit(resume)

@@ -75,4 +75,4 @@ def test_bad_settings_are_named(tmp_path, capsys, monkeypatch):
     assert "does not exist" in capsys.readouterr().err
     monkeypatch.setenv("ALPRO_MAX_TOP_K", "1000")
     assert main(["--data-dir", str(tmp_path)]) == 2
-    assert "max_top_k" in capsys.readouterr().err
+    assert "ALPRO_MAX_TOP_K='1000'" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Dependency direction: model imports none of the other packages; nothing imports service."""
+"""Dependency direction: settings at the bottom, then model; nothing imports service."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("model", "training", "indexer", "service")
+PACKAGES = ("settings", "model", "training", "indexer", "service")
 
 
 def imported_packages(package: str) -> set[str]:
@@ -20,8 +20,12 @@ def imported_packages(package: str) -> set[str]:
     return found & set(PACKAGES)
 
 
-def test_model_imports_no_other_package():
-    assert imported_packages("model") <= {"model"}
+def test_settings_imports_no_other_package():
+    assert imported_packages("settings") <= {"settings"}
+
+
+def test_model_imports_only_the_settings_layer():
+    assert imported_packages("model") <= {"model", "settings"}
 
 
 def test_nothing_imports_service():

@@ -18,15 +18,28 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
             "data": tmp_path / "data"}
 
 
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("ALPRO_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
 def parse(argv: list[str], env: dict[str, str]):
-    return settings_from(build_parser().parse_args(argv), env)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        return settings_from(build_parser().parse_args(argv))
 
 
 def test_flags(dirs) -> None:
     s = parse([str(dirs["videos"]), "--data-dir", str(dirs["data"]), "--checkpoint", str(dirs["ckpt"]),
                "--segment-seconds", "5", "--index-type", "hnsw", "--prune", "--store-tokens", "--no-progress",
                "--num-workers", "0"], {})
-    assert (s.videos_dir, s.data_dir, s.checkpoint) == (dirs["videos"], dirs["data"], dirs["ckpt"])
+    assert (s.videos_dir, s.data_dir, s.checkpoint) == (dirs["videos"], dirs["data"], str(dirs["ckpt"]))
     assert (s.segment_seconds, s.index_type, s.prune, s.store_tokens, s.progress, s.num_workers) == \
         (5.0, "hnsw", True, True, False, 0)
     assert (s.reindex, s.keep_versions, s.thumbnail_width, s.database_url) == (False, 3, 320, None)
@@ -52,10 +65,34 @@ def test_errors(dirs) -> None:
         parse([str(dirs["videos"] / "nope"), "--data-dir", "d", "--checkpoint", str(dirs["ckpt"])], {})
     with pytest.raises(SettingsError, match="--bert-config"):
         parse([str(dirs["videos"]), "--data-dir", "d", "--checkpoint", str(dirs["pt"])], {})
-    with pytest.raises(SettingsError, match="boolean"):
+    with pytest.raises(SettingsError, match=r"ALPRO_PRUNE \(--prune\)='maybe'.*boolean"):
         parse([str(dirs["videos"]), "--data-dir", "d", "--checkpoint", str(dirs["ckpt"])], {"ALPRO_PRUNE": "maybe"})
     with pytest.raises(SettingsError, match="ALPRO_BATCH_SIZE"):
         parse([str(dirs["videos"]), "--data-dir", "d", "--checkpoint", str(dirs["ckpt"])], {"ALPRO_BATCH_SIZE": "x"})
     ok = parse([str(dirs["videos"]), "--data-dir", "d", "--checkpoint", str(dirs["pt"]), "--bert-config", "c.json",
                 "--vision-num-heads", "4"], {})
     assert ok.vision_num_heads == 4 and ok.bert_config.name == "c.json"
+    with pytest.raises(SettingsError, match=r"ALPRO_DEVICE \(--device\)='gpu'"):
+        parse([str(dirs["videos"]), "--data-dir", "d", "--checkpoint", str(dirs["ckpt"])], {"ALPRO_DEVICE": "gpu"})
+    with pytest.raises(SettingsError, match="ALPRO_SEGMENT_SECONDS"):
+        parse([str(dirs["videos"]), "--data-dir", "d", "--checkpoint", str(dirs["ckpt"])],
+              {"ALPRO_SEGMENT_SECONDS": "-1"})
+    with pytest.raises(SettingsError, match="ALPRO_VIDEOS_DIR .*required"):
+        parse(["--data-dir", "d", "--checkpoint", str(dirs["ckpt"])], {})
+    with pytest.raises(SettingsError, match="not the name of a released checkpoint"):
+        parse([str(dirs["videos"]), "--data-dir", "d", "--checkpoint", "no-such-model"], {})
+
+
+def test_empty_variables_mean_unset(dirs) -> None:
+    """compose passes `${VAR:-}` as an empty string: every optional setting must then take its default."""
+    from indexer.settings import IndexSettings
+
+    required = {"videos_dir", "data_dir", "checkpoint"}
+    optional = [name for name in IndexSettings.model_fields if name not in required]
+    env = {f"ALPRO_{name.upper()}": "" for name in optional}
+    s = parse([str(dirs["videos"]), "--data-dir", str(dirs["data"]), "--checkpoint", str(dirs["ckpt"])], env)
+    for name in optional:
+        field = IndexSettings.model_fields[name]
+        default = field.default_factory() if field.default_factory else field.default
+        assert getattr(s, name) == default, name
+    assert len(optional) >= 20  # the shared ones (home, device, database URL, ...) and the indexer's own

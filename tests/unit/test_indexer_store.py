@@ -181,8 +181,8 @@ def test_read_only_data_dir_creates_nothing(tmp_path: Path) -> None:
     assert not root.exists()
 
 
-def test_database_url_from_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    url = f"sqlite:///{tmp_path / 'elsewhere.sqlite3'}"
-    monkeypatch.setenv("ALPRO_DATABASE_URL", url)
-    assert DataDir(tmp_path / "data").database_url == url
+def test_database_url_is_what_the_settings_say(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the environment is read by the settings layer only (settings.SharedSettings), never behind its back
+    monkeypatch.setenv("ALPRO_DATABASE_URL", f"sqlite:///{tmp_path / 'elsewhere.sqlite3'}")
+    assert DataDir(tmp_path / "data").database_url == f"sqlite:///{tmp_path / 'data' / 'metadata.sqlite3'}"
     assert DataDir(tmp_path / "data", "sqlite:///x.db").database_url == "sqlite:///x.db"
