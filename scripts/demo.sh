@@ -2,8 +2,10 @@
 # The demo: a synthetic video library, demo checkpoints for retrieval and QA, an index, the service.
 # Steps already done are reused, so a second run starts the service in well under a minute.
 #   bash scripts/demo.sh            # set up, then serve until Ctrl-C
-#   bash scripts/demo.sh --check    # set up, serve, run the example requests, stop (exit 1 if they fail)
-# Settings: DEMO_DIR (default demo-data), ALPRO_PORT (default 8000), DEMO_VIDEOS (default 400).
+#   bash scripts/demo.sh --check    # set up, serve, measure search over every held-out caption, stop
+# --check exits 0 when every search rate reaches its threshold below, 1 when one does not (it says which).
+# Settings: DEMO_DIR (default demo-data), ALPRO_PORT (default 8000), DEMO_VIDEOS (default 400),
+# DEMO_INSTALL (default 1; 0 uses .venv as it is instead of running scripts/install.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CHECK=0
@@ -16,34 +18,54 @@ CORPUS="$DEMO_DIR/corpus"
 RET="$DEMO_DIR/runs/retrieval"
 QA="$DEMO_DIR/runs/qa"
 DATA="$DEMO_DIR/data"
+# What --check asserts, in % over the 40 held-out captions, each searched in the whole library (top 5); a
+# result is relevant when its video has every attribute the caption names (training/relevance.py). Measured
+# once (December 2026, 400 videos, seed 0): own video first 12.5% (5 of 40), first result relevant 15% (6 of 40),
+# precision@5 14.5% (at most 29.5%: 28 of the 40 captions fit only their own video); chance is 0.25-0.4%.
+# The thresholds are about half of that: one caption is 2.5 points, so 2/3 would leave a margin of one or two
+# captions, and another run's checkpoints rank differently. They still fail a model that ranks at chance.
+MIN_OWN_FIRST=5  # at least 2 of 40
+MIN_FIRST_RELEVANT=7.5  # at least 3 of 40
+MIN_PRECISION_AT_5=7.5
 say() { printf '\n== %s\n' "$*"; }
+stage_times=()
+stage_start=$SECONDS
+stage() { stage_start=$SECONDS; say "$*"; }
+stage_done() {
+    stage_times+=("$1: $((SECONDS - stage_start)) s")
+    printf '   (%s: %d s)\n' "$1" $((SECONDS - stage_start))
+}
 
-bash scripts/install.sh
+if [[ "${DEMO_INSTALL:-1}" != 0 ]]; then bash scripts/install.sh; fi
 mkdir -p "$DEMO_DIR"
 
 if [[ ! -f "$CORPUS/corpus.json" ]]; then
-    say "generating a synthetic library of $VIDEOS videos in $CORPUS"
+    stage "generating a synthetic library of $VIDEOS videos in $CORPUS"
     "$BIN/alpro-synth" "$CORPUS" --videos "$VIDEOS" --seed 0 --size 64 --overwrite
+    stage_done "library"
 fi
 
 # Fixed step counts: the same checkpoints on every machine. Periodic checkpoints let an interrupted
 # run continue where it stopped (--resume auto).
 paths=(--set "data.synth_corpus=$CORPUS" --set "data.video_root=$CORPUS" --set train.ckpt_every=50)
 if [[ ! -f "$RET/final/config.json" ]]; then
-    say "training the demo retrieval checkpoint (configs/demo.yaml, about 8 minutes on 2 cores)"
+    stage "training the demo retrieval checkpoint (configs/demo.yaml, about 9 minutes on 2 cores)"
     "$BIN/alpro-train" pretrain --config configs/demo.yaml "${paths[@]}" --output-dir "$RET" --resume auto
+    stage_done "retrieval training"
 fi
 if [[ ! -f "$QA/final/config.json" ]]; then
-    say "training the demo QA checkpoint (configs/demo_qa.yaml, about 4 minutes)"
+    stage "training the demo QA checkpoint (configs/demo_qa.yaml, about 5 minutes on 2 cores)"
     "$BIN/alpro-train" finetune-qa --config configs/demo_qa.yaml "${paths[@]}" --set "model.init=$RET/final" \
         --output-dir "$QA" --resume auto
+    stage_done "QA training"
 fi
 if [[ ! -f "$DEMO_DIR/eval.json" ]]; then
-    say "evaluating on the held-out test split"
+    stage "evaluating on the held-out test split"
     "$BIN/alpro-eval" retrieval --checkpoint "$RET/final" --annotations "$CORPUS/annotations/test.jsonl" \
         --video-root "$CORPUS" --output "$DEMO_DIR/eval.json" >/dev/null
     "$BIN/alpro-eval" qa --checkpoint "$QA/final" --annotations "$CORPUS/annotations/qa_test.jsonl" \
         --video-root "$CORPUS" --output "$DEMO_DIR/eval_qa.json" >/dev/null
+    stage_done "evaluation"
 fi
 "$BIN/python" - "$DEMO_DIR" <<'PY'
 import json, sys, pathlib
@@ -54,11 +76,12 @@ print(f"held-out test split ({r['videos']} videos): retrieval R@1 {r['r1']:.0f}%
       f"QA accuracy {q['mean_per_type']:.0f}% (mean over question types)")
 PY
 
-say "indexing $CORPUS/videos into $DATA"
+stage "indexing $CORPUS/videos into $DATA"
 "$BIN/alpro-index" "$CORPUS/videos" --data-dir "$DATA" --checkpoint "$RET/final" --json > "$DEMO_DIR/index-summary.json"
 cat "$DEMO_DIR/index-summary.json"
+stage_done "indexing"
 
-say "starting the service on http://127.0.0.1:$PORT"
+stage "starting the service on http://127.0.0.1:$PORT"
 "$BIN/alpro-serve" --data-dir "$DATA" --checkpoint "$RET/final" --qa-checkpoint "$QA/final" \
     --host 127.0.0.1 --port "$PORT" --no-access-log &
 server=$!
@@ -68,10 +91,10 @@ for _ in $(seq 1 240); do
     kill -0 $server 2>/dev/null || { echo "demo: the service exited" >&2; exit 1; }
     sleep 0.5
 done
+stage_done "service start"
 
-# The example: a held-out video's caption should bring that video back first: the first test caption
-# naming two shapes (a specific query, like a user's) that no other video of the library shares, so that
-# exactly one answer is right. The figure printed after it covers every held-out caption.
+# The example, for the reader (not a pass/fail condition): the first held-out caption naming two shapes that
+# no other video of the library shares, so exactly one video is its own and the rest are judged by relevance.
 IFS=$'\t' read -r caption video question answer < <("$BIN/python" - "$CORPUS" <<'PY'
 import json, sys, pathlib
 root = pathlib.Path(sys.argv[1]) / "annotations"
@@ -88,45 +111,84 @@ pair = next(q for q in qa if q["video"] == row["video"] and q.get("answer_type")
 print(f"{caption}\t{pathlib.Path(row['video']).name}\t{pair['question']}\t{pair['answer']}")
 PY
 )
-say "example search: \"$caption\" (expected first: $video)"
+say "example search: \"$caption\" (its own video: $video)"
 body="{\"query\": \"$caption\", \"top_k\": 3}"
 echo "curl -s -X POST http://127.0.0.1:$PORT/search -H 'content-type: application/json' -d '$body'"
-search="$(curl -fsS -X POST "http://127.0.0.1:$PORT/search" -H 'content-type: application/json' -d "$body")"
-echo "$search" | "$BIN/python" -c "
-import json, sys
+curl -fsS -X POST "http://127.0.0.1:$PORT/search" -H 'content-type: application/json' -d "$body" \
+    | "$BIN/python" -c "
+import json, pathlib, sys
+from training.relevance import is_relevant, load_library_specs
+library = load_library_specs(pathlib.Path(sys.argv[1]))
 for r in json.load(sys.stdin)['results']:
-    print(f\"  {r['name']:<20} score {r['score']:.3f}  moment {r['start']:.1f}-{r['end']:.1f} s  {r['thumbnail_url']}\")"
-first_path="$(echo "$search" | "$BIN/python" -c 'import json,sys; r=json.load(sys.stdin)["results"]; print(r[0]["path"] if r else "")')"
-first_id="$(echo "$search" | "$BIN/python" -c 'import json,sys; r=json.load(sys.stdin)["results"]; print(r[0]["video_id"] if r else "")')"
+    verdict = 'its own video' if r['name'] == sys.argv[3] else (
+        'relevant' if r['name'] in library and is_relevant(sys.argv[2], library[r['name']]) else 'NOT relevant')
+    print(f\"  {r['name']:<20} score {r['score']:.3f}  moment {r['start']:.1f}-{r['end']:.1f} s  {verdict:<14}\",
+          r['thumbnail_url'])
+" "$CORPUS" "$caption" "$video"
 
-say "example question about the first result: \"$question\" (held-out answer: $answer)"
-body="{\"video_id\": \"$first_id\", \"question\": \"$question\", \"top_k\": 3}"
-echo "curl -s -X POST http://127.0.0.1:$PORT/qa -H 'content-type: application/json' -d '$body'"
-curl -fsS -X POST "http://127.0.0.1:$PORT/qa" -H 'content-type: application/json' -d "$body" \
-    | "$BIN/python" -c "import json, sys; [print(f\"  {a['answer']:<10} {a['score']:.2f}\") for a in json.load(sys.stdin)['answers']]"
+# The question is about the caption's own video (found with a path filter), whose held-out answer is known.
+say "example question about $video: \"$question\""
+own="$("$BIN/python" -c 'import os, sys; print(os.path.realpath(sys.argv[1]))' "$CORPUS/videos/$video")"
+own_id="$(curl -fsS -X POST "http://127.0.0.1:$PORT/search" -H 'content-type: application/json' \
+    -d "{\"query\": \"$caption\", \"top_k\": 1, \"filters\": {\"path_prefix\": \"$own\"}}" \
+    | "$BIN/python" -c 'import json, sys; r = json.load(sys.stdin)["results"]; print(r[0]["video_id"] if r else "")')"
+if [[ -z "$own_id" ]]; then
+    echo "  $video is not in the index; skipping the example question"
+else
+    body="{\"video_id\": \"$own_id\", \"question\": \"$question\", \"top_k\": 3}"
+    echo "curl -s -X POST http://127.0.0.1:$PORT/qa -H 'content-type: application/json' -d '$body'"
+    curl -fsS -X POST "http://127.0.0.1:$PORT/qa" -H 'content-type: application/json' -d "$body" \
+        | "$BIN/python" -c "
+import json, sys
+answers = json.load(sys.stdin)['answers']
+for a in answers:
+    print(f\"  {a['answer']:<10} {a['score']:.2f}\")
+said, truth = (answers[0]['answer'] if answers else '(nothing)'), sys.argv[1]
+print(f'  the model answered {said}, which is the held-out answer' if said == truth
+      else f'  the model answered {said}; the held-out answer is {truth}')
+" "$answer"
+fi
 
-say "all held-out captions through /search"
-"$BIN/python" - "$CORPUS" "$PORT" <<'PY'
+stage "every held-out caption through /search over the whole library (top 5)"
+rates_ok=1
+"$BIN/python" - "$CORPUS" "$PORT" "$MIN_OWN_FIRST" "$MIN_FIRST_RELEVANT" "$MIN_PRECISION_AT_5" <<'PY' || rates_ok=0
 import json, pathlib, sys, urllib.request
+from training.relevance import load_library_specs, score_searches
 root, port = pathlib.Path(sys.argv[1]), sys.argv[2]
+minimum = dict(zip(("own video first", "first result relevant", "precision@5"), map(float, sys.argv[3:6])))
+library = load_library_specs(root)
 test = [json.loads(line) for line in (root / "annotations" / "test.jsonl").read_text().splitlines() if line.strip()]
-first = 0
+searches = []
 for row in test:
     caption = row["caption"] if isinstance(row["caption"], str) else row["caption"][0]
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/search", json.dumps({"query": caption, "top_k": 1}).encode(),
-                                     {"content-type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
-        results = json.load(response)["results"]
-    first += bool(results) and results[0]["name"] == pathlib.Path(row["video"]).name
-print(f"{first} of {len(test)} held-out captions bring their own video first among all indexed videos")
+    body = json.dumps({"query": caption, "top_k": 5}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/search", body, {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        names = [r["name"] for r in json.load(response)["results"]]
+    searches.append((caption, pathlib.Path(row["video"]).name, names))
+s = score_searches(searches, library, k=5)
+rates = {"own video first": s.own_first_rate, "first result relevant": s.first_relevant_rate,
+         "precision@5": s.precision}
+print(f"{s.queries} held-out captions, {len(library)} videos in the library")
+print(f"  own video first:       {s.own_first} of {s.queries} ({100 * s.own_first_rate:.1f}%)")
+print(f"  first result relevant: {s.first_relevant} of {s.queries} ({100 * s.first_relevant_rate:.1f}%)")
+print(f"  precision@5:           {100 * s.precision:.1f}% (at most {100 * s.precision_ceiling:.1f}%: some captions "
+      "fit fewer than 5 videos of the library)")
+# Rounded: 100 * (3 / 40) must not land a hair below a threshold of 7.5.
+low = [name for name, rate in rates.items() if round(100 * rate, 6) < minimum[name]]
+for name in low:
+    print(f"  BELOW THRESHOLD: {name} {100 * rates[name]:.1f}% < {minimum[name]:g}%")
+if not low:
+    print("  every rate reaches its threshold (" + ", ".join(f"{n} >= {m:g}%" for n, m in minimum.items()) + ")")
+sys.exit(1 if low else 0)
 PY
+stage_done "search over held-out captions"
 
-ok=1
-[[ "$(basename "$first_path")" == "$video" ]] || ok=0
-if [[ $ok == 1 ]]; then say "the example search returned $video first"; else say "the example search did NOT return $video first (got $first_path)"; fi
+say "wall time of the stages run this time"
+printf '   %s\n' "${stage_times[@]}"
 say "open http://127.0.0.1:$PORT/ in a browser"
 if [[ $CHECK == 1 ]]; then
-    [[ $ok == 1 ]] || exit 1
+    [[ $rates_ok == 1 ]] || exit 1
     exit 0
 fi
 wait $server

@@ -71,8 +71,13 @@ class QANotConfiguredError(ServiceError):
 
 
 class UnavailableError(ServiceError):
+    """A pause, not a fault: every 503 says when to try again (Retry-After, 1 s unless given)."""
+
     status_code = 503
     code = "unavailable"
+
+    def __init__(self, message: str, *, headers: Optional[dict[str, str]] = None) -> None:
+        super().__init__(message, headers={"Retry-After": "1", **(headers or {})})
 
 
 class IndexUnavailableError(UnavailableError):

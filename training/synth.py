@@ -478,7 +478,9 @@ def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18) -> None
         stream.codec_context.thread_count = 1
         stream.codec_context.time_base = Fraction(1, fps)
         for index, rgb in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            # converted here, not inside the encoder: PyAV 18's implicit conversion gave bytes that depended on
+            # what the process had encoded before (the same corpus differed between worker counts)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
             frame.pts = index
             frame.time_base = Fraction(1, fps)
             container.mux(stream.encode(frame))
