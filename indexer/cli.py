@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 nothing could be indexed (or no video found); 2 bad arguments, unreadable
 checkpoint, or a data dir made with another checkpoint (without --reindex); 3 another indexer holds
-the data dir. Under torchrun every rank runs this same command.
+the data dir; 4 the metadata database failed mid-run (run again when it is back: the run resumes).
+Under torchrun every rank runs this same command.
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ import logging
 import sys
 from typing import Sequence
 
+from sqlalchemy.exc import DBAPIError
+
 from model.checkpoint import CheckpointError
 from model.config import ConfigError
+from model.download import FetchError
 
 from .datadir import IndexMismatchError
 from .distributed import init_distributed, shutdown_distributed
 from .lock import DataDirLockedError
 from .pipeline import RunSummary, run_index
 from .settings import SettingsError, build_parser, settings_from
+from .store import MetadataDatabaseError
 
 logger = logging.getLogger("indexer")
 
-EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 3
+EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_USAGE, EXIT_LOCKED, EXIT_DATABASE = 0, 1, 2, 3, 4
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -92,9 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirLockedError as e:
         print(f"alpro-index: error: {e}", file=sys.stderr)
         return EXIT_LOCKED
-    except (IndexMismatchError, CheckpointError, ConfigError, FileNotFoundError) as e:
+    except (IndexMismatchError, CheckpointError, ConfigError, FileNotFoundError, FetchError) as e:
         print(f"alpro-index: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except (MetadataDatabaseError, DBAPIError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        print(f"alpro-index: error: the metadata database failed ({reason}); videos finished before it are kept, "
+              f"nothing was published: run alpro-index again when the database is back", file=sys.stderr)
+        return EXIT_DATABASE
     finally:
         shutdown_distributed(dist)
     if not dist.is_main:

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
 from .cache import CacheEntry, EmbeddingCache, atomic_write
 from .catalog import record_failure, record_video
 from .datadir import DataDir
 from .discover import FoundFile
 from .reader import WorkItem
+from .store import MetadataDatabaseError
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class Writer:
 
     def put(self, message: VideoResult | VideoFailure) -> None:
         if self.error is not None:
-            raise RuntimeError("the index writer failed") from self.error
+            self._raise()
         start = time.perf_counter()
         while True:
             try:
@@ -90,7 +92,7 @@ class Writer:
                 break
             except queue.Full:
                 if self.error is not None:
-                    raise RuntimeError("the index writer failed") from self.error
+                    self._raise()
         self.put_wait_s += time.perf_counter() - start
 
     def close(self) -> WriterStats:
@@ -99,7 +101,7 @@ class Writer:
             self._queue.put(_STOP)
             self._thread.join()
         if self.error is not None:
-            raise RuntimeError(f"the index writer failed: {self.error}") from self.error
+            self._raise()
         return self.stats
 
     # ----------------------------------------------------------------------------------------------
@@ -116,9 +118,19 @@ class Writer:
                 else:
                     self.write_failure(message)
                 self.stats.write_s += time.perf_counter() - start
+        except DBAPIError as e:  # the database went away: one line, the run ends with a clear error
+            logger.error("index writer: the metadata database failed: %s", str(e.orig or e).strip().splitlines()[0])
+            self.error = e
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
             logger.exception("index writer failed")
             self.error = e
+
+    def _raise(self) -> None:
+        assert self.error is not None
+        if isinstance(self.error, DBAPIError):
+            raise MetadataDatabaseError(f"the metadata database failed while writing: "
+                                        f"{str(self.error.orig or self.error).strip().splitlines()[0]}") from self.error
+        raise RuntimeError(f"the index writer failed: {self.error}") from self.error
 
     def write_result(self, result: VideoResult) -> None:
         video_id = result.item.video_id
