@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from typing import Optional
 
@@ -55,8 +56,13 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from .app import create_app
 
+    # uvicorn answers SIGTERM / SIGINT with a graceful shutdown (in-flight requests finish, for up to the grace
+    # period), then raises the signal again for the handler found at start. A stop asked for is a clean exit:
+    # that handler ignores it, so the process exits 0 and a supervisor (docker, systemd) sees success.
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, lambda *_: None)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=not args.no_access_log)
+                access_log=not args.no_access_log, timeout_graceful_shutdown=settings.shutdown_grace_s)
     return 0
 
 

@@ -36,6 +36,7 @@ class Metrics:
         self.queue_depth = Gauge("alpro_model_queue_depth", "Model jobs waiting", registry=r)
         self.rejected = Counter("alpro_overload_rejections", "Requests refused with 503 because the queue was full",
                                 registry=r)
+        self.in_flight = Gauge("alpro_http_requests_in_flight", "HTTP requests being answered now", registry=r)
         self.index_version = Gauge("alpro_index_version", "Index version being served (-1: none)", registry=r)
         self.index_swaps = Counter("alpro_index_swaps", "Index versions switched to without a restart", registry=r)
         self.index_version.set(-1)
@@ -67,6 +68,7 @@ class MetricsMiddleware:
             return
         start = time.perf_counter()
         status = 500
+        self.metrics.in_flight.inc()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
@@ -77,6 +79,7 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
+            self.metrics.in_flight.dec()
             template = scope.get(ROUTE_TEMPLATE_KEY) or getattr(scope.get("route"), "path", None) or "unmatched"
             key = (scope["method"], template, status)
             children = self._children.get(key)

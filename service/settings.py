@@ -62,6 +62,7 @@ class Settings(SharedSettings):
     # --- index updates
     index_poll_s: float = Field(1.0, gt=0)  # how often index/CURRENT is checked for a new version
     warmup: bool = True  # run each model once at start-up
+    shutdown_grace_s: float = Field(20, gt=0)  # on SIGTERM: how long in-flight requests may take to finish
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -76,3 +76,60 @@ def test_bad_settings_are_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ALPRO_MAX_TOP_K", "1000")
     assert main(["--data-dir", str(tmp_path)]) == 2
     assert "ALPRO_MAX_TOP_K='1000'" in capsys.readouterr().err
+
+
+def test_sigterm_under_load_finishes_in_flight_requests(service_env):
+    """A deployment stops the service with SIGTERM: requests already in flight are answered (no reset
+    connection), later ones are refused or get a 503, and the process exits 0 within its grace period."""
+    import threading
+
+    port = _port()
+    proc = _serve(["--data-dir", str(service_env.data), "--port", str(port), "--no-access-log"],
+                  ALPRO_QA_CHECKPOINT=str(service_env.qa), ALPRO_QA_CACHE_MB="0", ALPRO_DECODE_WORKERS="1")
+    base = f"http://127.0.0.1:{port}"
+    results: list[object] = []
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "alpro-serve did not become ready"
+            time.sleep(0.1)
+        started = threading.Barrier(9)
+
+        def ask(colour: str) -> None:
+            with httpx.Client(base_url=base, timeout=60) as c:
+                started.wait()
+                try:  # QA decodes its video each time (no cache): these take a while, one decode at a time
+                    results.append(c.post("/qa", json={"video_id": service_env.ids[colour], "question": "colour?"}))
+                except httpx.HTTPError as e:
+                    results.append(e)
+
+        threads = [threading.Thread(target=ask, args=(c,)) for c in list(service_env.ids) * 2]
+        for t in threads:
+            t.start()
+        started.wait()
+        # every request reached the server before the signal: poll its in-flight gauge with a deadline
+        deadline = time.monotonic() + 30
+        while True:
+            metrics = httpx.get(f"{base}/metrics").text
+            inflight = [line for line in metrics.splitlines() if line.startswith("alpro_http_requests_in_flight")]
+            if inflight and sum(float(line.split()[-1]) for line in inflight) >= 9:  # 8 + this scrape
+                break
+            assert time.monotonic() < deadline, f"requests did not all arrive: {inflight}"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert len(results) == 8
+    assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results), \
+        [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in results]
