@@ -21,7 +21,7 @@ from model.download import FetchError
 
 from .datadir import IndexMismatchError
 from .distributed import init_distributed, shutdown_distributed
-from .lock import DataDirLockedError
+from .lock import DataDirLockedError, DataDirLockError
 from .pipeline import RunSummary, run_index
 from .settings import SettingsError, build_parser, settings_from
 from .store import MetadataDatabaseError
@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirLockedError as e:
         print(f"alpro-index: error: {e}", file=sys.stderr)
         return EXIT_LOCKED
+    except DataDirLockError as e:  # the lock itself failed (e.g. a filesystem without locks)
+        print(f"alpro-index: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
     except (IndexMismatchError, CheckpointError, ConfigError, FileNotFoundError, FetchError) as e:
         print(f"alpro-index: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -42,6 +42,7 @@ import numpy as np
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from .lease import VersionLease
 from .store import create_engine_for
 
 logger = logging.getLogger(__name__)
@@ -195,8 +196,10 @@ class _RowTable:
 class IndexSnapshot:
     """An opened, immutable index version; `search` and `tokens` are safe from several threads."""
 
-    def __init__(self, directory: Path, manifest: IndexManifest, *, use_gpu: bool = False) -> None:
+    def __init__(self, directory: Path, manifest: IndexManifest, *, use_gpu: bool = False,
+                 lease: VersionLease | None = None) -> None:
         configure_faiss()
+        self._lease = lease  # released by close(): until then retention keeps this version's files
         self.directory = directory
         self.manifest = manifest
         self.version = manifest.version
@@ -209,6 +212,8 @@ class IndexSnapshot:
                 self._video_ids = [str(v) for v in data["video_ids"]]
                 self._rows_table = _RowTable.load(data, len(self._ids), len(self._video_ids))
         except (OSError, RuntimeError, KeyError, ValueError) as e:
+            if lease is not None:
+                lease.release()
             raise IndexNotFoundError(f"index version {manifest.version} at {directory} is unreadable: {e}") from e
         if index.ntotal != len(self._ids) or index.d != manifest.dim:
             raise IndexNotFoundError(
@@ -360,6 +365,9 @@ class IndexSnapshot:
         with self._token_lock:
             self._token_files.clear()
         self._index = None  # type: ignore[assignment]
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
 
     def __enter__(self) -> "IndexSnapshot":
         return self
@@ -485,7 +493,11 @@ class DataDir:
         manifest = self.read_manifest(version)
         if expected_fingerprint is not None:
             manifest.check_model(expected_fingerprint)
-        return IndexSnapshot(self.version_dir(manifest.version), manifest, use_gpu=use_gpu)
+        lease = VersionLease.acquire(self.index_dir, manifest.version)  # before reading: retention waits for it
+        if not self.version_dir(manifest.version).is_dir():
+            lease.release()
+            raise IndexNotFoundError(f"index version {manifest.version} was deleted")
+        return IndexSnapshot(self.version_dir(manifest.version), manifest, use_gpu=use_gpu, lease=lease)
 
     def __repr__(self) -> str:
         return f"DataDir({str(self.root)!r})"

@@ -4,11 +4,13 @@ A POSIX (fcntl) lock belongs to the process: the kernel drops it when the proces
 (kill -9 included), so a lock can never outlive its owner on a local filesystem, and it is not inherited
 by forked decoder workers (a flock would be, and an orphaned worker would keep a dead indexer's lock).
 The file's content (pid, host, start time) is only for messages; a file whose lock is free is stale
-and simply taken over.
+and simply taken over. Only a conflict (EACCES/EAGAIN from the non-blocking lock) means another indexer;
+any other refusal (ENOLCK on NFS without a lock daemon, EOPNOTSUPP, EIO, ...) is reported as itself.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import logging
@@ -24,9 +26,21 @@ logger = logging.getLogger(__name__)
 _HELD: set[str] = set()
 _HELD_GUARD = threading.Lock()
 
+# what a non-blocking lockf (fcntl F_SETLK) answers when another process holds a conflicting lock; POSIX
+# allows either of the first two, and EWOULDBLOCK is EAGAIN on Linux but not everywhere
+_CONFLICT_ERRNOS = frozenset({errno.EACCES, errno.EAGAIN, errno.EWOULDBLOCK})
 
-class DataDirLockedError(RuntimeError):
+
+class DataDirLockError(RuntimeError):
+    """The data dir's lock could not be taken."""
+
+
+class DataDirLockedError(DataDirLockError):
     """Another indexer holds the data dir."""
+
+
+class DataDirLockUnsupportedError(DataDirLockError):
+    """The filesystem refused the lock for another reason than a holder (no lock support, I/O error)."""
 
 
 class DataDirLock:
@@ -47,10 +61,18 @@ class DataDirLock:
             try:
                 fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as e:
-                holder = _read_holder(fd)
+                if e.errno in _CONFLICT_ERRNOS:
+                    holder = _read_holder(fd)
+                    os.close(fd)
+                    raise DataDirLockedError(
+                        f"another indexer is running on {self.path.parent} ({holder}); wait for it to finish"
+                    ) from e
                 os.close(fd)
-                raise DataDirLockedError(
-                    f"another indexer is running on {self.path.parent} ({holder}); wait for it to finish"
+                name = errno.errorcode.get(e.errno, f"errno {e.errno}") if e.errno is not None else "no errno"
+                raise DataDirLockUnsupportedError(
+                    f"cannot lock {self.path} ({name}: {e.strerror or e}); the filesystem of the data dir may not "
+                    "support POSIX locks (NFS without a lock service, some FUSE or SMB mounts): put the data dir "
+                    "on a local filesystem or enable locking there"
                 ) from e
             _HELD.add(key)
         previous = _read_holder(fd)
@@ -92,4 +114,4 @@ def _read_holder(fd: int) -> str:
     return f"pid {data.get('pid')} on {data.get('host')}, started {data.get('started_at')}"
 
 
-__all__ = ["DataDirLock", "DataDirLockedError"]
+__all__ = ["DataDirLock", "DataDirLockError", "DataDirLockedError", "DataDirLockUnsupportedError"]

@@ -26,6 +26,7 @@ from .catalog import IndexedVideo, mark_versions_deleted, next_version, record_v
 from .datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, ROW_COLUMNS, SEGMENTS_NAME, TOKENS_DIR, DataDir,
                       IndexManifest, IndexNotFoundError, version_name)
 from .faiss_index import BuiltIndex, build_index, choose_index_type
+from .lease import version_unleased
 
 logger = logging.getLogger(__name__)
 
@@ -257,9 +258,16 @@ def apply_retention(datadir: DataDir, keep: int) -> list[int]:
     # versions newer than CURRENT are leftovers of a crash between their rename and the CURRENT swap
     live = [v for v in versions if current is not None and v <= current]
     keep_set = set(live[-max(1, keep):])
-    removed = [v for v in versions if v not in keep_set]
-    for v in removed:
-        shutil.rmtree(datadir.version_dir(v), ignore_errors=True)
+    removed, in_use = [], []
+    for v in (v for v in versions if v not in keep_set):
+        with version_unleased(datadir.index_dir, v) as free:
+            if free:
+                shutil.rmtree(datadir.version_dir(v), ignore_errors=True)
+                removed.append(v)
+            else:
+                in_use.append(v)
+    if in_use:
+        logger.info("keeping old index versions %s: a running service still reads them", in_use)
     if removed:
         with datadir.session() as session:
             mark_versions_deleted(session, removed)

@@ -3,30 +3,29 @@
 FastAPI's route, dependency and middleware layers cost about 0.25 ms of Python per request on a warm CPU and
 two to three times that right after a model call has flushed the caches, which is most of the service's
 overhead budget. This ASGI middleware answers a /search whose JSON body is within the size limit, validates
-as a `SearchRequest`, carries the right API key in the header (or none is configured) and needs no CORS
-handling, by calling the engine directly. Everything else (a body that does not validate, a cookie key, an
-Origin header with CORS on, a too large body) goes on to the FastAPI route, which stays the one the OpenAPI
-schema documents and produces every error response; errors the engine raises are rendered by the same
-function the app's exception handler uses.
+as a `SearchRequest`, carries the right API key (or none is configured) and needs no CORS handling, by
+calling the engine directly; the key is checked by `deps.api_key_accepted`, the route dependency's own
+function, so both paths accept and refuse the same requests. Everything else (a body that does not validate,
+a missing or wrong key, an Origin header with CORS on, a too large body) goes on to the FastAPI route, which
+stays the one the OpenAPI schema documents and produces every error response; errors the engine raises are
+rendered by the same function the app's exception handler uses.
 """
 
 from __future__ import annotations
 
-import secrets
 from typing import Optional
 
 from fastapi import FastAPI
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .deps import API_KEY_HEADER
+from .deps import api_key_accepted, expected_api_key
 from .errors import ServiceError, service_error_response
 from .metrics import ROUTE_TEMPLATE_KEY
 from .schemas import SearchRequest
 from .settings import Settings
 
 SEARCH_PATH = "/search"
-_KEY_HEADER = API_KEY_HEADER.lower().encode()
 
 
 class SearchFastPath:
@@ -34,7 +33,7 @@ class SearchFastPath:
         self.app = app
         self.owner = owner
         self.max_bytes = settings.max_body_bytes
-        self.api_key = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+        self.api_key = expected_api_key(settings)
         self.cors = bool(settings.cors_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -74,19 +73,14 @@ class SearchFastPath:
         await send({"type": "http.response.body", "body": body})
 
     def _plain(self, headers: list[tuple[bytes, bytes]]) -> bool:
-        """A JSON body, the API key in its header when one is configured, no Origin when CORS is on."""
+        """A JSON body, the right API key when one is configured, no Origin when CORS is on."""
         json_body = False
-        key: Optional[bytes] = None
         for name, value in headers:
             if name == b"content-type":
                 json_body = value.split(b";", 1)[0].strip().lower() == b"application/json"
-            elif name == _KEY_HEADER:
-                key = value
             elif name == b"origin" and self.cors:
                 return False
-        if self.api_key is not None and (key is None or not secrets.compare_digest(key, self.api_key)):
-            return False
-        return json_body
+        return json_body and (self.api_key is None or api_key_accepted(headers, self.api_key))
 
 
 def _replay(chunks: list[bytes], receive: Receive, last: Optional[Message], more_body: bool = False) -> Receive:

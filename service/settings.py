@@ -93,6 +93,8 @@ class Settings(SharedSettings):
     def _api_key_not_blank(self) -> "Settings":
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
             raise ValueError("ALPRO_API_KEY is set but blank; unset it (or leave it empty) to turn the key off")
+        if self.api_key is not None and self.api_key.get_secret_value() != self.api_key.get_secret_value().strip():
+            raise ValueError("ALPRO_API_KEY starts or ends with whitespace, which an HTTP header cannot carry")
         return self
 
     @property

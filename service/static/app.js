@@ -1,6 +1,7 @@
 // The search page: POST /search, show thumbnails, play a moment, POST /qa. No dependencies, no network
 // beyond this server. The API key (when the server wants one) goes in the X-API-Key header for fetch()
-// and in a same-site cookie for <img> and <video>, which cannot send headers.
+// and in a same-site cookie for <img> and <video>, which cannot send headers (and for fetch() too, where
+// the header cannot carry the key). The server reads both with service.deps.given_api_key.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -10,14 +11,19 @@ let lastQuery = null;
 let nextCursor = null;
 let currentVideo = null;
 
+// The cookie's one encoding: encodeURIComponent (UTF-8, percent-escaped; the server percent-decodes it
+// once, to bytes). A raw key would break the cookie at ";" and lose characters like "," or spaces.
 function setKeyCookie(key) {
   document.cookie = `${KEY_COOKIE}=${encodeURIComponent(key)}; path=/; SameSite=Strict`;
 }
+// fetch() refuses header values beyond Latin-1 and sends U+0080-U+00FF as one byte, not the UTF-8 the
+// server compares; such keys travel in the cookie alone (same-origin fetch() sends it).
+const HEADER_SAFE_KEY = /^[\x20-\x7e]*$/;
 if (apiKey) setKeyCookie(apiKey);
 
 async function api(path, body) {
   const headers = { "Content-Type": "application/json" };
-  if (apiKey) headers["X-API-Key"] = apiKey;
+  if (apiKey && HEADER_SAFE_KEY.test(apiKey)) headers["X-API-Key"] = apiKey;
   const response = await fetch(path, body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) });
   let data = null;
   try { data = await response.json(); } catch (e) { data = null; }

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_service_config import AWKWARD_KEY, UNICODE_KEY
 from tests.integration.test_service_support import QA_ANSWERS, run_server, service_env  # noqa: F401
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -94,3 +95,30 @@ def test_search_play_and_ask(browser, service_env, tmp_path):
         browser.save_screenshot(str(shot / "player.png"))
         errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
         assert not errors, errors  # no failed request, no script error
+
+
+@pytest.mark.parametrize("key", [AWKWARD_KEY, UNICODE_KEY], ids=["ascii", "unicode"])
+def test_any_key_typed_into_the_page_loads_thumbnails_and_video(browser, service_env, key):
+    """The key box after a 401; then fetch() (header, or cookie beyond ASCII), <img> and <video> (cookie) pass."""
+    from selenium.webdriver.common.by import By
+
+    with run_server(service_env.settings(api_key=key, qa_checkpoint=None)) as live:
+        browser.get(live.url + "/")
+        wait_for(browser, "!document.getElementById('key-box').hidden", what="the key box after a 401")
+        browser.get_log("browser")  # drops the 401 that asked for the key
+        browser.find_element(By.ID, "api-key").send_keys(key)
+        browser.find_element(By.ID, "key-button").click()
+        wait_for(browser, "document.getElementById('stats').textContent.includes('4 videos')", what="stats line")
+        browser.find_element(By.ID, "query").send_keys("a red square")
+        browser.find_element(By.ID, "search-button").click()
+        wait_for(browser, "document.querySelectorAll('#results .card').length === 4", what="4 result cards")
+        wait_for(browser, "Array.from(document.querySelectorAll('#results .card img'))"
+                          ".every(img => img.complete && img.naturalWidth > 0)", what="thumbnails loaded")
+        browser.find_element(By.CSS_SELECTOR, "#results .card").click()
+        state = wait_for(browser, """(() => {
+            const v = document.getElementById('video');
+            return v.error ? 'error ' + v.error.code : v.readyState >= 2 ? 'loaded' : null;
+        })()""", what="the video to load")
+        assert state == "loaded"
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import quote
 
 import numpy as np
 import pytest
@@ -34,6 +35,59 @@ def test_api_key_guards_everything_but_health_and_the_page(service_env):
         # the page's <img> and <video> send the key as a cookie
         with httpx.Client(base_url=live.url, cookies={"alpro_api_key": "s3cret"}) as page:
             assert page.get(f"/videos/{video_id}/thumbnail").status_code == 200
+
+
+# printable ASCII that a raw cookie, a URL or a form would mangle (space, + / = @ % ; " , backslash, and a %41
+# that a second decoding would turn into "A"), and a key beyond ASCII
+AWKWARD_KEY = 'a+b/c=d@e%f g~!;",\\x%41*\'()'
+UNICODE_KEY = "clé-ключ-鍵"
+JS_UNRESERVED_MARKS = "!*'()"  # what encodeURIComponent leaves as is beyond quote()'s letters, digits and -_.~
+
+
+def page_cookie(key: str) -> dict[str, str]:
+    """The Cookie header of the page's cookie (`encodeURIComponent(key)`)."""
+    return {"Cookie": "alpro_api_key=" + quote(key, safe=JS_UNRESERVED_MARKS)}
+
+
+@pytest.mark.parametrize("key", [AWKWARD_KEY, UNICODE_KEY], ids=["ascii", "unicode"])
+def test_any_key_works_in_the_header_and_in_the_pages_cookie(service_env, key):
+    video_id = service_env.ids["red"]
+    with run_server(service_env.settings(api_key=key, qa_checkpoint=None)) as live, \
+            httpx.Client(base_url=live.url) as c:
+        calls = (("POST", "/search", {"query": "a"}), ("GET", f"/videos/{video_id}/thumbnail", None),
+                 ("GET", f"/videos/{video_id}/stream", None), ("GET", "/stats", None))
+        for method, path, body in calls:
+            # the header carries the key's UTF-8 bytes as they are
+            assert c.request(method, path, json=body, headers={"X-API-Key": key.encode()}).status_code == 200, path
+            assert c.request(method, path, json=body, headers=page_cookie(key)).status_code == 200, path
+            assert c.request(method, path, json=body, headers=page_cookie(key + "x")).status_code == 401, path
+            # percent-decoded exactly once: a cookie that left "%" unencoded does not carry the key
+            raw = {"Cookie": "alpro_api_key=" + quote(key, safe=JS_UNRESERVED_MARKS + "%")}
+            if raw != page_cookie(key):
+                assert c.request(method, path, json=body, headers=raw).status_code == 401, path
+        r = c.get(f"/videos/{video_id}/thumbnail", headers=page_cookie(key))
+        assert r.headers["content-type"].startswith("image/") and r.content
+
+
+@pytest.mark.parametrize("fast_path", [True, False], ids=["fast-path", "route-only"])
+def test_the_first_of_duplicate_key_headers_counts_everywhere(service_env, fast_path):
+    """Plain POST /search goes through the fast path, the others through the route: the same answers."""
+    key = AWKWARD_KEY
+    settings = service_env.settings(api_key=key, qa_checkpoint=None, search_fast_path=fast_path)
+    with run_server(settings) as live, httpx.Client(base_url=live.url) as c:
+        def statuses(*keys: str, cookie: str | None = None) -> set[int]:
+            headers = [("X-API-Key", k.encode()) for k in keys] + (list(page_cookie(cookie).items()) if cookie else [])
+            plain = c.post("/search", json={"query": "a"}, headers=headers)  # the fast path takes it
+            routed = c.post("/search", content=b'{"query": "a"}',  # +json: only the route takes it
+                            headers=headers + [("Content-Type", "application/alpro+json")])
+            return {plain.status_code, routed.status_code, c.get("/stats", headers=headers).status_code}
+
+        assert statuses(key, "wrong") == {200}
+        assert statuses("wrong", key) == {401}
+        # the header, when sent, decides; the cookie counts only without one
+        assert statuses("wrong", cookie=key) == {401}
+        assert statuses(key, cookie="wrong") == {200}
+        assert statuses(cookie=key) == {200}
 
 
 def test_cors_is_off_by_default_and_configurable(service_env):

@@ -103,3 +103,43 @@ def test_version_from_another_checkpoint_is_not_served(service_env, tmp_path):
             assert time.monotonic() < deadline + 10
             time.sleep(0.05)
         assert c.get("/stats").json()["index_error"] is None
+
+
+def test_retention_keeps_the_version_a_service_still_serves(service_env, tmp_path):
+    """A service held on version 1 (no swap) while three versions are published with keep_versions=1: its
+    version's files stay, and re-ranking keeps reading its stored tokens instead of decoding videos."""
+    from indexer.datadir import DataDir
+    from indexer.pipeline import run_index
+    from indexer.settings import IndexSettings
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(service_env.videos["red"], videos / "red.mp4")
+    data = tmp_path / "data"
+
+    def index() -> int:
+        summary = run_index(IndexSettings(videos_dir=videos, data_dir=data, checkpoint=service_env.retrieval,
+                                          segment_seconds=1.0, num_workers=0, progress=False, store_tokens=True,
+                                          keep_versions=1))
+        assert summary.published, summary.to_dict()
+        return summary.index_version
+
+    assert index() == 1
+    settings = service_env.settings(data, qa_checkpoint=None, index_poll_s=3600)  # stays on version 1
+    with run_server(settings) as live, httpx.Client(base_url=live.url, timeout=60) as c:
+        for name in ("blue", "green", "yellow"):
+            shutil.copy(service_env.videos[name], videos / f"{name}.mp4")
+            index()
+        assert DataDir(data).current_version() == 4
+        assert 1 in DataDir(data).published_versions()  # kept for its reader
+        r = c.post("/search", json={"query": "red", "top_k": 1, "rerank": True})
+        assert r.status_code == 200 and r.json()["index_version"] == 1 and r.json()["reranked"] >= 1, r.text
+        metrics = c.get("/metrics").text
+        decoded = [line for line in metrics.splitlines() if line.startswith('alpro_stage_seconds_count{stage="decode"}')]
+        assert decoded and float(decoded[0].split()[-1]) == 0, decoded  # stored tokens, no decoding
+    # the service is gone: the next publish deletes version 1
+    shutil.copy(service_env.videos["red"], videos / "red-again.mp4")
+    with open(videos / "red-again.mp4", "ab") as f:
+        f.write(b"another file")  # its own content id
+    assert index() == 5
+    assert DataDir(data).published_versions() == [5]

@@ -130,14 +130,18 @@ def test_unchanged_content_is_not_republished_and_retention(lib: Library) -> Non
     assert lib.publish(keep_versions=2).version == 2
     lib.add("c" * 32, 1)
     third = lib.publish(keep_versions=2)
-    assert third.version == 3 and third.removed_versions == [1]
-    assert lib.datadir.published_versions() == [2, 3]
-    with lib.datadir.session() as session:
-        statuses = {v.version: v.status for v in session.scalars(select(IndexVersion))}
-    assert statuses == {1: "deleted", 2: "published", 3: "published"}
-    # a reader that opened version 1 before it was deleted keeps working
+    # a reader still holds version 1 (a service serving it): retention keeps it, files and all
+    assert third.version == 3 and third.removed_versions == []
+    assert lib.datadir.published_versions() == [1, 2, 3]
     assert old_snapshot.search(np.ones((1, DIM), np.float32), k=1)[1].shape == (1, 1)
     old_snapshot.close()
+    lib.add("d" * 32, 1)
+    fourth = lib.publish(keep_versions=2)  # the reader is gone: now 1 and 2 go
+    assert fourth.version == 4 and fourth.removed_versions == [1, 2]
+    assert lib.datadir.published_versions() == [3, 4]
+    with lib.datadir.session() as session:
+        statuses = {v.version: v.status for v in session.scalars(select(IndexVersion))}
+    assert statuses == {1: "deleted", 2: "deleted", 3: "published", 4: "published"}
     with pytest.raises(IndexNotFoundError):
         lib.datadir.open_index(1)
 

@@ -3,6 +3,8 @@ forked children (decoder workers that outlive a killed indexer must not keep it)
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import signal
 import subprocess
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.lock import DataDirLock, DataDirLockedError
+from indexer.lock import DataDirLock, DataDirLockedError, DataDirLockError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,3 +62,34 @@ def test_lock_excludes_others_and_dies_with_its_holder(tmp_path: Path, mode: str
         proc.wait()
         if child is not None:
             os.kill(child, signal.SIGKILL)
+
+
+def _lockf_raising(err: int):
+    def lockf(fd: int, cmd: int, *args: object) -> None:
+        raise OSError(err, os.strerror(err))
+
+    return lockf
+
+
+@pytest.mark.parametrize("err", [errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES])
+def test_a_conflict_means_another_indexer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    monkeypatch.setattr(fcntl, "lockf", _lockf_raising(err))
+    with pytest.raises(DataDirLockedError, match="another indexer is running"):
+        DataDirLock(tmp_path / "indexer.lock").acquire()
+
+
+@pytest.mark.parametrize("err", [errno.ENOLCK, errno.EOPNOTSUPP, errno.EIO])
+def test_other_lock_failures_name_the_cause(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: int) -> None:
+    """e.g. NFS without a lock daemon (ENOLCK): not "another indexer", but the errno, the file and a hint."""
+    path = tmp_path / "indexer.lock"
+    monkeypatch.setattr(fcntl, "lockf", _lockf_raising(err))
+    with pytest.raises(DataDirLockError) as info:
+        DataDirLock(path).acquire()
+    assert not isinstance(info.value, DataDirLockedError)
+    message = str(info.value)
+    assert errno.errorcode[err] in message and str(path) in message and "support" in message
+    assert "another indexer" not in message
+    assert isinstance(info.value.__cause__, OSError) and info.value.__cause__.errno == err
+    monkeypatch.undo()
+    with DataDirLock(path):  # nothing was left marked as held by this process
+        pass
