@@ -473,14 +473,15 @@ def write_video(path: Path, frames: np.ndarray, fps: int, crf: int = 18) -> None
         raise SynthError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     height, width = frames.shape[1:3]
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "medium"})
+        # mbtree off: with it, the x264 that PyAV 18 bundles encodes the same frames differently from one process
+        # to the next (bytes and pixels), so a corpus was not reproducible
+        stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "medium",
+                                                                    "x264-params": "mbtree=0"})
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.codec_context.thread_count = 1
         stream.codec_context.time_base = Fraction(1, fps)
         for index, rgb in enumerate(frames):
-            # converted here, not inside the encoder: PyAV 18's implicit conversion gave bytes that depended on
-            # what the process had encoded before (the same corpus differed between worker counts)
-            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = index
             frame.time_base = Fraction(1, fps)
             container.mux(stream.encode(frame))
