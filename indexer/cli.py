@@ -2,7 +2,8 @@
 
 Exit codes: 0 done; 1 nothing could be indexed (or no video found); 2 bad arguments, unreadable
 checkpoint, or a data dir made with another checkpoint (without --reindex); 3 another indexer holds
-the data dir; 4 the metadata database failed mid-run (run again when it is back: the run resumes).
+the data dir; 4 the metadata database failed mid-run (run again when it is back: the run resumes); 5 the
+data dir's disk is full (free space and run again).
 Under torchrun every rank runs this same command.
 """
 
@@ -21,14 +22,14 @@ from model.download import FetchError
 
 from .datadir import IndexMismatchError
 from .distributed import init_distributed, shutdown_distributed
+from .errors import MetadataDatabaseError, is_disk_full
 from .lock import DataDirLockedError, DataDirLockError
 from .pipeline import RunSummary, run_index
 from .settings import SettingsError, build_parser, settings_from
-from .store import MetadataDatabaseError
 
 logger = logging.getLogger("indexer")
 
-EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_USAGE, EXIT_LOCKED, EXIT_DATABASE = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_NOTHING_INDEXED, EXIT_USAGE, EXIT_LOCKED, EXIT_DATABASE, EXIT_DISK_FULL = 0, 1, 2, 3, 4, 5
 
 
 class _TqdmHandler(logging.StreamHandler):
@@ -81,6 +82,15 @@ def format_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
+def _current_version(settings) -> int | None:
+    from .datadir import DataDir
+
+    try:
+        return DataDir(settings.data_dir, settings.database_url).current_version()
+    except Exception:  # noqa: BLE001 - only for the message
+        return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -108,6 +118,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alpro-index: error: the metadata database failed ({reason}); videos finished before it are kept, "
               f"nothing was published: run alpro-index again when the database is back", file=sys.stderr)
         return EXIT_DATABASE
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        current = _current_version(settings)
+        print(f"alpro-index: error: no space left on the data dir's disk ({e}); "
+              + (f"index version {current} stays current and served; " if current else "")
+              + "videos finished before it are kept: free space and run alpro-index again", file=sys.stderr)
+        return EXIT_DISK_FULL
     finally:
         shutdown_distributed(dist)
     if not dist.is_main:

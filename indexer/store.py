@@ -127,10 +127,6 @@ class FileHash(Base):
     hashed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
-class MetadataDatabaseError(RuntimeError):
-    """The metadata database failed or went away mid-run (e.g. PostgreSQL stopped): run again when it is back."""
-
-
 def sqlite_path(url: str) -> Path | None:
     """The file of a file-backed SQLite URL, else None."""
     parsed = make_url(url)

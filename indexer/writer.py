@@ -23,8 +23,8 @@ from .cache import CacheEntry, EmbeddingCache, atomic_write
 from .catalog import record_failure, record_video
 from .datadir import DataDir
 from .discover import FoundFile
+from .errors import DiskFullError, MetadataDatabaseError, is_disk_full
 from .reader import WorkItem
-from .store import MetadataDatabaseError
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,10 @@ class Writer:
         except DBAPIError as e:  # the database went away: one line, the run ends with a clear error
             logger.error("index writer: the metadata database failed: %s", str(e.orig or e).strip().splitlines()[0])
             self.error = e
+        except OSError as e:
+            if not is_disk_full(e):
+                logger.exception("index writer failed")
+            self.error = e
         except BaseException as e:  # noqa: BLE001 - handed to the main thread, which re-raises it
             logger.exception("index writer failed")
             self.error = e
@@ -130,6 +134,9 @@ class Writer:
         if isinstance(self.error, DBAPIError):
             raise MetadataDatabaseError(f"the metadata database failed while writing: "
                                         f"{str(self.error.orig or self.error).strip().splitlines()[0]}") from self.error
+        if is_disk_full(self.error):
+            raise DiskFullError(self.error.errno, f"writing {self.error.filename or 'the data dir'}: "
+                                f"{self.error.strerror}") from self.error
         raise RuntimeError(f"the index writer failed: {self.error}") from self.error
 
     def write_result(self, result: VideoResult) -> None:
