@@ -248,6 +248,19 @@ class IndexSnapshot:
         """All segment ids in this version, int64, in insertion order."""
         return self._ids.copy()
 
+    @property
+    def cpu_index(self) -> faiss.Index | None:
+        """The version's FAISS index (an IndexIDMap2 over row numbers) for searches with ID selectors; None
+        when it lives on a GPU (not safe for concurrent search, nor for selectors)."""
+        return None if self._search_lock is not None else self._index
+
+    def video_columns(self) -> tuple[np.ndarray, list[str], list[float | None]] | None:
+        """(video of each row, path of each video, duration of each video), or None for versions written
+        before they carried their rows."""
+        if self._rows_table is None:
+            return None
+        return self._video_pos, self._rows_table.paths, self._rows_table.durations
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, dim) float32 L2-normalised -> scores (Q, k) float32, segment ids (Q, k) int64.
 

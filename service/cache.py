@@ -1,4 +1,8 @@
-"""A thread-safe LRU cache of tensors bounded by their total size in bytes (token features per video)."""
+"""A thread-safe LRU cache of tensors bounded by their total size in bytes (token features per video).
+
+Sizes are those of the storage each tensor keeps alive, not of its view: a row sliced from a batch holds the
+whole batch. Callers should store owned, contiguous copies, so that what is counted is what is needed.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +16,8 @@ K = TypeVar("K", bound=Hashable)
 
 
 def tensor_nbytes(tensor: torch.Tensor) -> int:
-    return tensor.element_size() * tensor.nelement()
+    """Bytes the tensor keeps allocated: its whole storage (a view of a batch counts the batch)."""
+    return tensor.untyped_storage().nbytes()
 
 
 class ByteLRU(Generic[K]):

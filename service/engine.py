@@ -34,7 +34,7 @@ from .cache import ByteLRU
 from .catalog import Catalog, RowCache, SegmentRow
 from .errors import (IndexUnavailableError, InvalidRequestError, NotFoundError, QANotConfiguredError, StartupError,
                      UnavailableError, VideoFileMissingError, VideoNotFoundError, VideoUndecodableError)
-from .index import IndexHolder, IndexLease
+from .index import IndexHolder, IndexLease, Selection
 from .metrics import Metrics
 from .ranking import Candidate, decode_cursor, encode_cursor, passes, query_key, to_cosine
 from .settings import Settings
@@ -105,6 +105,7 @@ class _Query:
     text: str
     snapshot: IndexSnapshot
     k: int
+    selection: Optional[Selection] = None  # search only these rows (the request's filters)
 
 
 @dataclass
@@ -312,14 +313,18 @@ class Engine:
         t0 = time.perf_counter()
         embeddings = np.ascontiguousarray(self.encode_texts([q.text for q in queries]), dtype=np.float32)
         encode_s = time.perf_counter() - t0
-        groups: dict[int, list[int]] = {}
+        groups: dict[tuple[int, int], list[int]] = {}
         for i, q in enumerate(queries):  # during an index switch one batch may span two versions
-            groups.setdefault(id(q.snapshot), []).append(i)
+            groups.setdefault((id(q.snapshot), id(q.selection)), []).append(i)
         out: list[Optional[_Hits]] = [None] * len(queries)
         for rows in groups.values():
             t1 = time.perf_counter()
             k = max(queries[i].k for i in rows)
-            scores, ids = queries[rows[0]].snapshot.search(embeddings[rows], k)
+            first = queries[rows[0]]
+            if first.selection is None:
+                scores, ids = first.snapshot.search(embeddings[rows], k)
+            else:
+                scores, ids = first.selection.search(embeddings[rows], k)
             faiss_s = time.perf_counter() - t1
             for j, i in enumerate(rows):
                 kq = queries[i].k
@@ -327,12 +332,15 @@ class Engine:
         return out  # type: ignore[return-value]
 
     def _video_tokens(self, loaded: LoadedModel, clips: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(T, 3, H, W) clips -> (1 + N, D) token features each, on the model's device."""
+        """(T, 3, H, W) clips -> (1 + N, D) token features each, on the model's device.
+
+        Each is an owned, contiguous copy: the caches keep them, and a row view would keep its whole batch."""
         out: list[torch.Tensor] = []
         with torch.inference_mode():
             for i in range(0, len(clips), _VIDEO_BATCH):
                 video = torch.stack(clips[i:i + _VIDEO_BATCH]).to(loaded.device)  # (B, T, 3, H, W)
-                out.extend(loaded.model.video_tokens(video))
+                tokens = loaded.model.video_tokens(video)  # (B, 1 + N, D)
+                out.extend(t.clone(memory_format=torch.contiguous_format) for t in tokens)
         return out
 
     def _vtm_scores(self, query: str, video_tokens: list[torch.Tensor]) -> list[float]:
@@ -380,23 +388,21 @@ class Engine:
             manifest = lease.manifest
             if manifest.num_vectors == 0:
                 raise IndexUnavailableError(f"index version {manifest.version} is empty: no video has been indexed")
-            limit = min(manifest.num_vectors, settings.max_fetch)
-            k = min(limit, max(want * settings.overfetch, 16))
-            hits: _Hits = await self.worker.submit(_Query(request.query, lease.snapshot, k))
-            timer.add("encode", hits.encode_s)
-            timer.add("faiss", hits.faiss_s)
-            rows: dict[int, Optional[SegmentRow]] = {}
-            while True:
-                candidates = await self._candidates(hits, lease.snapshot, rows, manifest.metric, request.filters,
-                                                    want, timer)
-                exhausted = k >= limit or bool((hits.ids < 0).any())
-                if len(candidates) >= want or exhausted:
-                    break
-                k = min(limit, k * 4)  # grouping or filters dropped too many: fetch deeper
+            # Filters restrict the FAISS search to the rows that pass (a version without its rows: the hits are
+            # filtered instead, as deep as max_fetch); then max_fetch bounds only how deep grouping by video
+            # looks, as for an unfiltered search
+            selection = None
+            if request.filters is not None:
                 t = time.perf_counter()
-                scores, ids = await asyncio.to_thread(lease.snapshot.search, hits.embedding[None], k)
+                selection = await asyncio.to_thread(lease.selection, request.filters)
                 timer.add("faiss", time.perf_counter() - t)
-                hits = replace(hits, scores=np.asarray(scores[0]), ids=np.asarray(ids[0]))
+                if selection is not None and selection.count == manifest.num_vectors:
+                    selection = None  # everything passes: the plain search, batched with unfiltered queries
+            searchable = manifest.num_vectors if selection is None else selection.count
+            candidates: list[Candidate] = []
+            if searchable:  # else nothing passes the filters
+                candidates = await self._videos(request, lease, selection, min(searchable, settings.max_fetch),
+                                                want, timer)
             reranked = 0
             if rerank_k and candidates:
                 t = time.perf_counter()
@@ -416,6 +422,27 @@ class Engine:
             timings=schemas.StageTimings(
                 encode_ms=round(timings["encode"] * 1000, 3), faiss_ms=round(timings["faiss"] * 1000, 3),
                 db_ms=round(timings["db"] * 1000, 3), rerank_ms=round(timings["rerank"] * 1000, 3)))
+
+    async def _videos(self, request: schemas.SearchRequest, lease: IndexLease, selection: Optional[Selection],
+                      limit: int, want: int, timer: _Timer) -> list[Candidate]:
+        """Up to `want` videos at their best moment, best first, from at most `limit` FAISS hits."""
+        k = min(limit, max(want * self.settings.overfetch, 16))
+        hits: _Hits = await self.worker.submit(_Query(request.query, lease.snapshot, k, selection))
+        timer.add("encode", hits.encode_s)
+        timer.add("faiss", hits.faiss_s)
+        search = lease.snapshot.search if selection is None else selection.search
+        rows: dict[int, Optional[SegmentRow]] = {}
+        while True:
+            candidates = await self._candidates(hits, lease.snapshot, rows, lease.manifest.metric, request.filters,
+                                                want, timer)
+            exhausted = k >= limit or bool((hits.ids < 0).any())
+            if len(candidates) >= want or exhausted:
+                return candidates
+            k = min(limit, k * 4)  # grouping or filters dropped too many: fetch deeper
+            t = time.perf_counter()
+            scores, ids = await asyncio.to_thread(search, hits.embedding[None], k)
+            timer.add("faiss", time.perf_counter() - t)
+            hits = replace(hits, scores=np.asarray(scores[0]), ids=np.asarray(ids[0]))
 
     async def _candidates(self, hits: _Hits, snapshot: IndexSnapshot, rows: dict[int, Optional[SegmentRow]],
                           metric: str, filters: Optional[schemas.SearchFilters], want: int,

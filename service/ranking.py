@@ -35,10 +35,22 @@ def to_cosine(scores: np.ndarray, metric: str) -> np.ndarray:
     return scores
 
 
+def prefix_folder(prefix: str) -> str:
+    """The file or folder a `path_prefix` names: trailing slashes dropped ("" for the root)."""
+    return prefix.rstrip("/")
+
+
+def under_path(path: str, prefix: str) -> bool:
+    """Whether `path` is the file or folder `prefix` names or lies below it, by whole path components:
+    `/media/lib` takes `/media/lib/a.mp4` and `/media/lib/x/b.mp4`, not `/media/library2/c.mp4`."""
+    folder = prefix_folder(prefix)
+    return path.startswith(folder) and (len(path) == len(folder) or path[len(folder)] == "/")
+
+
 def passes(row: SegmentRow, filters: Optional[schemas.SearchFilters]) -> bool:
     if filters is None:
         return True
-    if filters.path_prefix is not None and not row.path.startswith(filters.path_prefix):
+    if filters.path_prefix is not None and not under_path(row.path, filters.path_prefix):
         return False
     if filters.min_duration is not None and (row.duration_s is None or row.duration_s < filters.min_duration):
         return False

@@ -33,7 +33,10 @@ class SearchFilters(_Request):
     """Conditions on the video a result comes from."""
 
     path_prefix: Optional[Annotated[str, Field(min_length=1, max_length=MAX_PATH_PREFIX_CHARS)]] = Field(
-        None, description="only videos whose absolute path starts with this")
+        None, description="only videos in this folder or below it, or this one file: the prefix matches whole path "
+        "components (`/media/lib` takes `/media/lib/a.mp4` and `/media/lib/x/b.mp4`, not `/media/library2/c.mp4`); "
+        "a trailing slash makes no difference; compared with the absolute paths the index stores, as given "
+        "(no other normalisation)")
     min_duration: Optional[Annotated[float, Field(ge=0, le=MAX_DURATION_S, allow_inf_nan=False)]] = Field(
         None, description="only videos at least this long, seconds")
     max_duration: Optional[Annotated[float, Field(ge=0, le=MAX_DURATION_S, allow_inf_nan=False)]] = Field(

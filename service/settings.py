@@ -43,7 +43,7 @@ class Settings(SharedSettings):
     max_body_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)  # larger request bodies get 413
     rerank_default: int = Field(20, ge=1, le=schemas.MAX_RERANK)  # candidates re-ranked for `"rerank": true`
     overfetch: int = Field(4, ge=1, le=64)  # FAISS hits fetched per wanted video, before grouping
-    max_fetch: int = Field(4096, ge=1)  # FAISS hits fetched at most per query (filters may need many)
+    max_fetch: int = Field(4096, ge=1)  # FAISS hits fetched at most per query (filters search passing rows only)
 
     # --- concurrency
     batch_window_ms: Optional[float] = Field(None, ge=0, le=100)  # wait for more queries; None: 2 on GPU, 0 on CPU

@@ -144,6 +144,29 @@ def test_rerank_scores_are_vtm_logit_plus_cosine(client, service_env):
     assert hits and float(hits[0].split()[-1]) >= 3  # the second re-ranking decoded nothing
 
 
+def _held_bytes(tensors) -> int:
+    """Bytes of the distinct storages these tensors keep alive (a view keeps its whole base)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
+    return sum(storages.values())
+
+
+def test_token_cache_holds_at_most_its_budget(service_env):
+    """Re-ranking encodes decoded segments in batches; what the cache keeps of them, counted as the storage
+    really held, stays within ALPRO_TOKEN_CACHE_MB (a view of a batch would keep the whole batch alive)."""
+    config = load_pretrained(service_env.retrieval).config
+    segment = (1 + config.vision.num_patches) * config.vision.embed_dim * 4  # fp32 tokens of one segment
+    budget = int(2.5 * segment)  # room for two segments' tokens, not for a batch of four
+    settings = service_env.settings(qa_checkpoint=None, token_cache_mb=budget / 2**20)
+    with run_server(settings) as live, httpx.Client(base_url=live.url) as c:
+        body = c.post("/search", json={"query": "a red square", "top_k": 4, "rerank": 4}).json()
+        assert body["reranked"] == 4  # four segments decoded and encoded in one batch
+        cache = live.engine.token_cache
+        assert cache.max_bytes == budget
+        kept = [cache.get(key) for key in list(cache._items)]
+        assert len(kept) == 2  # as many segments as fit
+        assert _held_bytes(kept) <= budget and cache.nbytes <= budget
+
+
 def test_rerank_with_stored_tokens_matches_decoding(service_env):
     with run_server(service_env.settings(service_env.data_tokens)) as live, httpx.Client(base_url=live.url) as c:
         stored = c.post("/search", json={"query": "a yellow circle", "top_k": 4, "rerank": True}).json()

@@ -17,7 +17,7 @@ from service import schemas
 from service.batching import ModelWorker
 from service.cache import ByteLRU
 from service.catalog import RowCache, SegmentRow
-from service.ranking import Candidate, decode_cursor, encode_cursor, passes, query_key, to_cosine
+from service.ranking import Candidate, decode_cursor, encode_cursor, passes, query_key, to_cosine, under_path
 from service.errors import (IndexUnavailableError, InvalidRequestError, OverloadedError, UnavailableError,
                             VideoNotFoundError)
 from service.index import IndexHolder
@@ -73,8 +73,10 @@ def test_settings_from_environment(tmp_path, monkeypatch):
 def test_settings_are_checked(tmp_path):
     with pytest.raises(ValidationError, match="does not exist"):
         Settings(data_dir=tmp_path / "nope")
-    with pytest.raises(ValidationError, match="empty"):
+    with pytest.raises(ValidationError, match="blank"):
         Settings(data_dir=tmp_path, api_key=" ")
+    with pytest.raises(ValidationError, match="whitespace"):
+        Settings(data_dir=tmp_path, api_key="key ")
     with pytest.raises(ValidationError):
         Settings(data_dir=tmp_path, max_top_k=schemas.MAX_TOP_K + 1)  # settings only tighten the schema
 
@@ -99,6 +101,23 @@ def test_filters():
     assert candidate.score == pytest.approx(0.9)
     candidate.vtm = 2.0
     assert candidate.score == pytest.approx(2.9)
+
+
+@pytest.mark.parametrize("prefix", ["/media/lib", "/media/lib/", "/media/lib//"])
+def test_path_prefix_matches_whole_path_components(prefix):
+    assert under_path("/media/lib/a.mp4", prefix) and under_path("/media/lib/x/b.mp4", prefix)
+    assert under_path("/media/lib", prefix)  # the folder itself (or a file of that name)
+    assert not under_path("/media/library2/c.mp4", prefix) and not under_path("/media/lib.mp4", prefix)
+    assert not under_path("/media/li/a.mp4", prefix) and not under_path("/other/media/lib/a.mp4", prefix)
+    row = _row(1, "a", path="/media/library2/c.mp4")
+    assert not passes(row, schemas.SearchFilters(path_prefix=prefix))
+    assert passes(row, schemas.SearchFilters(path_prefix="/media/library2/c.mp4"))  # one file, by its path
+
+
+def test_path_prefix_of_a_file_and_of_the_root():
+    assert under_path("/v/x.mp4", "/v/x.mp4") and not under_path("/v/x.mp4.part", "/v/x.mp4")
+    assert not under_path("/v/x.mp4", "/v/x.mp")  # no partial names
+    assert under_path("/v/x.mp4", "/") and under_path("/v/x.mp4", "//")
 
 
 def test_l2_distances_become_cosines():
@@ -134,6 +153,16 @@ def test_byte_lru_evicts_by_bytes():
     cache.put(4, torch.zeros(1000))  # larger than the whole cache: not kept, nothing evicted
     assert 4 not in cache and len(cache) == 3
     assert cache.get(1) is None and lookups == [True, False] and (cache.hits, cache.misses) == (1, 1)
+
+
+def test_byte_lru_counts_the_storage_a_view_keeps():
+    """A row of a batch keeps the whole batch allocated: that is what counts against the budget."""
+    cache = ByteLRU(3 * 400)
+    batch = torch.zeros(4, 100)  # 1600 bytes
+    cache.put("view", batch[0])  # holds 1600 bytes, more than the budget: not kept
+    assert "view" not in cache and cache.nbytes == 0
+    cache.put("copy", batch[0].clone())
+    assert "copy" in cache and cache.nbytes == 400
 
 
 def test_row_cache_is_per_index_version():
