@@ -105,6 +105,7 @@ class IndexManifest:
     segment_seconds: float = 10.0  # target window length of the segments
     search_params: dict = field(default_factory=dict)  # e.g. {"nprobe": 32} or {"efSearch": 128}
     token_shape: tuple[int, int] | None = None  # (1 + N, D) per segment when has_tokens
+    precision: str = "fp32"  # what the encoder ran in (fp32, bf16, fp16): recompute tokens the same way
     format: int = MANIFEST_FORMAT
 
     def to_json(self) -> str:

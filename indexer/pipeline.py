@@ -26,11 +26,11 @@ from model.hub import resolve_checkpoint
 
 from .cache import EmbeddingCache
 from .catalog import (delete_failures, delete_videos, load_failures, load_hash_cache, load_videos, record_failure,
-                      record_video, save_hash_cache, stale_video_ids, update_paths)
+                      record_library_root, record_video, save_hash_cache, stale_video_ids, update_paths)
 from .datadir import DataDir, IndexMismatchError, IndexNotFoundError
 from .discover import FoundFile, discover, hash_files
 from .distributed import DistContext
-from .embedder import Embedder, pipeline_key, resolve_device
+from .embedder import Embedder, autocast_dtype, pipeline_key, precision_name, resolve_device
 from .lock import DataDirLock
 from .plan import Plan, make_plan
 from .publisher import PublishResult, publish, remove_temporaries
@@ -175,7 +175,8 @@ class Indexer:
         t = time.perf_counter()
         model = self.load_model()
         fingerprint = checkpoint_fingerprint(model)
-        key = pipeline_key(fingerprint, s.segment_seconds, model.config.preprocess.sampling)
+        precision = precision_name(autocast_dtype(resolve_device(s.device), s.precision))
+        key = pipeline_key(fingerprint, s.segment_seconds, model.config.preprocess.sampling, precision)
         timings["load_model"] = time.perf_counter() - t
         cache = EmbeddingCache(self.datadir.cache_dir, key)
         summary = RunSummary(world_size=self.dist.world_size)
@@ -226,6 +227,8 @@ class Indexer:
         if removed_tmp:
             logger.info("removed %d leftovers of an interrupted run", removed_tmp)
         self.check_compatible(fingerprint, key)
+        with self.datadir.session() as session:  # before any row under it: the service serves only inside roots
+            record_library_root(session, os.path.realpath(s.videos_dir))
 
         t = time.perf_counter()
         found = discover(s.videos_dir, exclude=[self.datadir.root])
@@ -390,7 +393,7 @@ class Indexer:
             model_config=model.config.to_dict(), dim=model.config.embed_dim, index_type=s.index_type,
             store_tokens=s.store_tokens, segment_seconds=s.segment_seconds, keep_versions=s.keep_versions,
             recall_target=s.recall_target, use_gpu=resolve_device(s.device).type == "cuda",
-            exclude=set(plan.drop),
+            exclude=set(plan.drop), precision=precision_name(autocast_dtype(resolve_device(s.device), s.precision)),
         )
         timings["publish"] = time.perf_counter() - t
 

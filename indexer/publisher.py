@@ -102,7 +102,7 @@ def gather_content(datadir: DataDir, cache: EmbeddingCache, key: str, dim: int, 
 
 
 def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: str, index_type: str,
-                     store_tokens: bool, segment_seconds: float) -> tuple[int | None, bool]:
+                     store_tokens: bool, segment_seconds: float, precision: str) -> tuple[int | None, bool]:
     """(the current version when its vectors are this content's, in the same order, else None; whether its
     rows are the same too).
 
@@ -120,7 +120,7 @@ def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: st
     wanted_type = choose_index_type(len(content.ids), index_type)
     same = (manifest.checkpoint_fingerprint == fingerprint and manifest.index_type == wanted_type
             and manifest.has_tokens == store_tokens and manifest.segment_seconds == segment_seconds
-            and np.array_equal(current_ids, content.ids))
+            and manifest.precision == precision and np.array_equal(current_ids, content.ids))
     if not same:
         return None, False
     rows_same = (len(current_rows) == len(ROW_COLUMNS)
@@ -161,7 +161,8 @@ def remove_temporaries(datadir: DataDir) -> int:
 def publish(datadir: DataDir, cache: EmbeddingCache, *, key: str, fingerprint: str, checkpoint: str,
             model_config: dict[str, Any], dim: int, index_type: str = "auto", store_tokens: bool = False,
             segment_seconds: float = 10.0, keep_versions: int = 3, recall_target: float = 0.95,
-            use_gpu: bool = False, force: bool = False, exclude: Collection[str] = ()) -> PublishResult:
+            use_gpu: bool = False, force: bool = False, exclude: Collection[str] = (),
+            precision: str = "fp32") -> PublishResult:
     """Build and publish a new version if the content differs from the current one (or `force`).
 
     `exclude`: videos about to be dropped (their rows go only after the new version is current).
@@ -169,7 +170,8 @@ def publish(datadir: DataDir, cache: EmbeddingCache, *, key: str, fingerprint: s
     start = time.perf_counter()
     content = gather_content(datadir, cache, key, dim, store_tokens=store_tokens, exclude=exclude)
     current, rows_same = _compare_current(datadir, content, fingerprint=fingerprint, index_type=index_type,
-                                          store_tokens=store_tokens, segment_seconds=segment_seconds)
+                                          store_tokens=store_tokens, segment_seconds=segment_seconds,
+                                          precision=precision)
     same = current if rows_same and not force else None
     if same is not None:
         logger.info("index unchanged: version %d stays current", same)
@@ -196,7 +198,7 @@ def publish(datadir: DataDir, cache: EmbeddingCache, *, key: str, fingerprint: s
         checkpoint=checkpoint, model_config=model_config, dim=dim, num_vectors=len(content.ids),
         num_videos=len(content.video_ids), index_type=built.index_type, metric="ip", has_tokens=store_tokens,
         recall_at_10=built.recall_at_10, segment_seconds=segment_seconds, search_params=built.search_params,
-        token_shape=content.token_shape,
+        token_shape=content.token_shape, precision=precision,
     )
     logger.info("writing index version %d", version)
     write_version(datadir, cache, manifest, built, content)

@@ -42,6 +42,7 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 _VIDEO_BATCH = 8  # clips per video-encoder call when computing tokens for re-ranking
+_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # an index's recorded precision
 
 
 # --------------------------------------------------------------------------------------------------
@@ -331,15 +332,20 @@ class Engine:
                 out[i] = _Hits(embeddings[i], np.asarray(scores[j, :kq]), np.asarray(ids[j, :kq]), encode_s, faiss_s)
         return out  # type: ignore[return-value]
 
-    def _video_tokens(self, loaded: LoadedModel, clips: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(T, 3, H, W) clips -> (1 + N, D) token features each, on the model's device.
+    def _video_tokens(self, loaded: LoadedModel, clips: list[torch.Tensor],
+                      precision: str = "fp32") -> list[torch.Tensor]:
+        """(T, 3, H, W) clips -> (1 + N, D) token features each, on the model's device, computed in the precision
+        the index's stored tokens were (so stored and recomputed ones score alike).
 
         Each is an owned, contiguous copy: the caches keep them, and a row view would keep its whole batch."""
         out: list[torch.Tensor] = []
-        with torch.inference_mode():
+        dtype = _AUTOCAST[precision]
+        with torch.inference_mode(), torch.autocast(loaded.device.type, dtype=dtype, enabled=dtype is not None):
             for i in range(0, len(clips), _VIDEO_BATCH):
                 video = torch.stack(clips[i:i + _VIDEO_BATCH]).to(loaded.device)  # (B, T, 3, H, W)
                 tokens = loaded.model.video_tokens(video)  # (B, 1 + N, D)
+                if dtype is not None:  # as the indexer stores them: fp16
+                    tokens = tokens.to(torch.float16)
                 out.extend(t.clone(memory_format=torch.contiguous_format) for t in tokens)
         return out
 
@@ -509,7 +515,8 @@ class Engine:
                 stored = torch.as_tensor(np.asarray(stored))  # fp16 (n, 1 + N, D)
                 return [stored[i] for i in range(len(top))]
         loaded = self._require_retrieval()
-        keys = [(loaded.fingerprint, c.row.video_id, c.row.index, c.row.start_s, c.row.end_s) for c in top]
+        precision = lease.manifest.precision
+        keys = [(loaded.fingerprint, precision, c.row.video_id, c.row.index, c.row.start_s, c.row.end_s) for c in top]
         out: list[Optional[torch.Tensor]] = [self.token_cache.get(key) for key in keys]
         missing = [i for i, t in enumerate(out) if t is None]
         if not missing:
@@ -529,7 +536,7 @@ class Engine:
                 good.append((i, clip))
         if good:
             t = time.perf_counter()
-            tokens = await self.worker.run(self._video_tokens, loaded, [clip for _, clip in good])
+            tokens = await self.worker.run(self._video_tokens, loaded, [clip for _, clip in good], precision)
             self.metrics.observe_stage("video_encode", time.perf_counter() - t)
             for (i, _), token in zip(good, tokens):
                 self.token_cache.put(keys[i], token)

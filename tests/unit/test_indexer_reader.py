@@ -118,4 +118,6 @@ def test_precision_and_pipeline_key() -> None:
     key = pipeline_key("fp", 10.0, "uniform")
     assert key == pipeline_key("fp", 10, "uniform")
     assert len({key, pipeline_key("fp2", 10.0, "uniform"), pipeline_key("fp", 5.0, "uniform"),
-                pipeline_key("fp", 10.0, "rand")}) == 4
+                pipeline_key("fp", 10.0, "rand"), pipeline_key("fp", 10.0, "uniform", "bf16")}) == 5
+    assert pipeline_key("fp", 10.0, "uniform", "fp32") == key  # keys made before precision counted stay valid
+    assert autocast_dtype(torch.device("cpu"), "bf16") == torch.bfloat16  # asked for explicitly: honoured
