@@ -10,13 +10,14 @@ the fusion layers and the classifier. Every model call runs on the model thread 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, AsyncIterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -31,9 +32,11 @@ from model.preprocess import load_video
 from . import schemas
 from .batching import ModelWorker
 from .cache import ByteLRU
+from .decoding import DecodePool
 from .catalog import Catalog, RowCache, SegmentRow
-from .errors import (IndexUnavailableError, InvalidRequestError, NotFoundError, QANotConfiguredError, StartupError,
-                     UnavailableError, VideoFileMissingError, VideoNotFoundError, VideoUndecodableError)
+from .errors import (DeadlineExceededError, IndexUnavailableError, InvalidRequestError, NotFoundError,
+                     OverloadedError, QANotConfiguredError, StartupError, UnavailableError, VideoFileMissingError,
+                     VideoNotFoundError, VideoUndecodableError)
 from .index import IndexHolder, IndexLease, Selection
 from .metrics import Metrics
 from .ranking import Candidate, decode_cursor, encode_cursor, passes, query_key, to_cosine
@@ -149,10 +152,11 @@ class Engine:
                                             lambda hit: metrics.cache_lookup("segment_tokens", hit))
         self.qa_cache: ByteLRU = ByteLRU(int(settings.qa_cache_mb * 2**20),
                                          lambda hit: metrics.cache_lookup("qa_video_tokens", hit))
-        self._decode_pool = ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode")
+        self.decoder = DecodePool(settings.decode_workers, settings.max_decode_jobs, settings.retry_after_s, metrics)
         # few, long-lived threads for the metadata DB: bounded DB concurrency, and a connection per thread
         self._db_pool = ThreadPoolExecutor(settings.db_workers, thread_name_prefix="db")
         self._qa_inflight: dict[tuple[str, str], asyncio.Future] = {}
+        self._qa_waiters: dict[tuple[str, str], int] = {}
         self._qa_loading = asyncio.Lock()
         self._watcher: Optional[asyncio.Task] = None
         self.started_at = time.time()
@@ -265,7 +269,7 @@ class Engine:
             except asyncio.CancelledError:
                 pass
         await asyncio.to_thread(self.worker.stop)
-        self._decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decoder.shutdown()
         self._db_pool.shutdown(wait=True, cancel_futures=True)
         self.index.close()
         self.data_dir.dispose()
@@ -412,7 +416,8 @@ class Engine:
             reranked = 0
             if rerank_k and candidates:
                 t = time.perf_counter()
-                reranked = await self._rerank(request.query, candidates, rerank_k, lease)
+                async with self._deadline("re-ranking"):
+                    reranked = await self._rerank(request.query, candidates, rerank_k, lease)
                 timer.add("rerank", time.perf_counter() - t)
             version = lease.version
         page = candidates[offset:end]
@@ -521,11 +526,12 @@ class Engine:
         missing = [i for i, t in enumerate(out) if t is None]
         if not missing:
             return out
-        loop = asyncio.get_running_loop()
         t = time.perf_counter()
-        clips = await asyncio.gather(
-            *(loop.run_in_executor(self._decode_pool, self._decode_segment, loaded, top[i].row) for i in missing),
-            return_exceptions=True)
+        clips = await asyncio.gather(*(self.decoder.run(self._decode_segment, loaded, top[i].row) for i in missing),
+                                     return_exceptions=True)
+        for clip in clips:
+            if isinstance(clip, OverloadedError):  # bounded work: no decode admitted for this request now
+                raise clip
         self.metrics.observe_stage("decode", time.perf_counter() - t)
         good = []
         for i, clip in zip(missing, clips):
@@ -577,7 +583,8 @@ class Engine:
         path = await self._db(self.catalog.video_path, request.video_id)
         if path is None:
             raise VideoNotFoundError(f"no video with id {request.video_id}")
-        tokens, cached = await self._qa_video_tokens(qa, request.video_id, path)
+        async with self._deadline("answering the question"):
+            tokens, cached = await self._qa_video_tokens(qa, request.video_id, path)
         t = time.perf_counter()
         ranked = await self.worker.run(self._answer_probs, request.question, tokens, request.top_k)
         self.metrics.observe_stage("qa", time.perf_counter() - t)
@@ -585,6 +592,18 @@ class Engine:
         answers = [schemas.Answer(answer=names[i] if i < len(names) else f"#{i}", score=p) for i, p in ranked]
         return schemas.QAResponse(video_id=request.video_id, question=request.question, answers=answers, cached=cached,
                                   took_ms=round((time.perf_counter() - start) * 1000, 3))
+
+    @contextlib.asynccontextmanager
+    async def _deadline(self, what: str) -> AsyncIterator[None]:
+        """Bound a request's decoding work by ALPRO_REQUEST_TIMEOUT_S: past it, 504 and the work is cancelled."""
+        limit = self.settings.request_timeout_s
+        try:
+            async with asyncio.timeout(limit):
+                yield
+        except TimeoutError as e:
+            self.metrics.deadlines.inc()
+            raise DeadlineExceededError(f"{what} took longer than this server's limit of {limit:g} s "
+                                        f"(ALPRO_REQUEST_TIMEOUT_S); the video may be too long or the server busy") from e
 
     async def _load_pending_qa(self) -> LoadedModel:
         """The QA checkpoint that was not there at start-up (e.g. fetched into a volume later), once it is."""
@@ -618,15 +637,22 @@ class Engine:
             task = asyncio.ensure_future(self._compute_qa_tokens(qa, key, path))
             self._qa_inflight[key] = task
             task.add_done_callback(lambda _: self._qa_inflight.pop(key, None))
-        return await asyncio.shield(task), False
+        self._qa_waiters[key] = self._qa_waiters.get(key, 0) + 1
+        try:
+            return await asyncio.shield(task), False  # one waiter leaving does not stop the others' work
+        finally:
+            self._qa_waiters[key] -= 1
+            if not self._qa_waiters[key]:
+                del self._qa_waiters[key]
+                if not task.done():  # nobody waits any more (deadline, client gone): stop the work
+                    task.cancel()
 
     async def _compute_qa_tokens(self, qa: LoadedModel, key: tuple[str, str], path: Path) -> torch.Tensor:
         if not await asyncio.to_thread(path.is_file):
             raise VideoFileMissingError(f"the file of video {key[1]} is no longer on the server")
-        loop = asyncio.get_running_loop()
         t = time.perf_counter()
         try:
-            clip = await loop.run_in_executor(self._decode_pool, load_video, path, qa.model.config)
+            clip = await self.decoder.run(load_video, path, qa.model.config)
         except VideoError as e:
             raise VideoUndecodableError(f"video {key[1]} cannot be decoded: {e}") from e
         self.metrics.observe_stage("decode", time.perf_counter() - t)

@@ -3,7 +3,8 @@
 Every error body is `{"error": code, "message": text}` (plus `detail` on a 422). Status codes:
 401 missing/wrong API key; 404 unknown video, segment or route; 413 body too large; 422 invalid input;
 501 QA not configured on this server (a deployment choice: retrying will not help); 503 index missing or
-empty, model not loaded, metadata database unreachable, or overloaded (with Retry-After).
+empty, model not loaded, metadata database unreachable, or overloaded (with Retry-After); 504 the request
+passed the server's deadline.
 """
 
 from __future__ import annotations
@@ -89,6 +90,13 @@ class OverloadedError(UnavailableError):
 
     def __init__(self, message: str, retry_after_s: int) -> None:
         super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class DeadlineExceededError(ServiceError):
+    """The request took longer than the server's deadline (ALPRO_REQUEST_TIMEOUT_S); its work was stopped."""
+
+    status_code = 504
+    code = "deadline_exceeded"
 
 
 class StartupError(RuntimeError):

@@ -34,6 +34,8 @@ class Metrics:
         self.batch_size = Histogram("alpro_encoder_batch_size", "Queries per text-encoder call",
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
         self.queue_depth = Gauge("alpro_model_queue_depth", "Model jobs waiting", registry=r)
+        self.decode_jobs = Gauge("alpro_decode_jobs", "Video decodes admitted and not finished", registry=r)
+        self.deadlines = Counter("alpro_deadline_exceeded", "Requests stopped at ALPRO_REQUEST_TIMEOUT_S", registry=r)
         self.rejected = Counter("alpro_overload_rejections", "Requests refused with 503 because the queue was full",
                                 registry=r)
         self.in_flight = Gauge("alpro_http_requests_in_flight", "HTTP requests being answered now", registry=r)

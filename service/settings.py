@@ -51,6 +51,8 @@ class Settings(SharedSettings):
     max_queue: int = Field(64, ge=1)  # model jobs waiting at most; beyond: 503 + Retry-After
     retry_after_s: int = Field(1, ge=1)  # the Retry-After of an overload 503
     decode_workers: int = Field(2, ge=1, le=64)  # threads decoding videos for re-ranking and QA
+    max_decode_jobs: int = Field(16, ge=1)  # video decodes admitted at once (queued or running); beyond: 503
+    request_timeout_s: float = Field(60.0, gt=0)  # a /qa or re-ranking request past this gets 504, its work stops
     db_workers: int = Field(4, ge=1, le=64)  # threads running metadata-DB look-ups
     torch_threads: Optional[int] = Field(None, ge=1)  # torch intra-op threads; None keeps torch's default
 
