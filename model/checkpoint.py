@@ -372,18 +372,29 @@ def official_bert_config(config: AlproConfig) -> dict[str, Any]:
 
 
 def save_pretrained(model: AlproModel, directory: PathLike) -> Path:
-    """Directory with model.safetensors and config.json (the config records the pre-processing)."""
+    """Directory with model.safetensors and config.json (the config records the pre-processing), written
+    atomically: it appears (or replaces a checkpoint there) whole, or not at all if the process dies."""
+    # model.install writes directories for the hub too and imports this module, hence the late import
+    from .install import publish_directory, staged_directory
+
+    directory = Path(directory)
+    target = directory.resolve()  # staged beside the real directory, so that the rename stays on one file system
+    with staged_directory(target) as stage:
+        write_native_files(model, stage)
+        publish_directory(stage, target)
+    return directory
+
+
+def write_native_files(model: AlproModel, directory: PathLike) -> None:
+    """model.safetensors and config.json into the existing `directory`, in place: for a stage that a caller
+    fills (with other files too) and then publishes (model.install.publish_directory)."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = directory / (WEIGHTS_NAME + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": NATIVE_FORMAT})
-    tmp.replace(directory / WEIGHTS_NAME)
+    save_file(tensors, str(directory / WEIGHTS_NAME), metadata={"format": NATIVE_FORMAT})
     payload = {"format": NATIVE_FORMAT, "version": NATIVE_VERSION, "config": model.config.to_dict()}
     (directory / CONFIG_NAME).write_text(json.dumps(payload, indent=2) + "\n")
-    return directory
 
 
 def read_native_config(directory: PathLike) -> AlproConfig:

@@ -24,7 +24,7 @@ from settings import DEFAULT_CHECKPOINT_URL
 from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
 from .config import ConfigError
 from .download import FetchError, PathLike, RemoteFile, _check_answers, _check_archive, download, read_answers
-from .install import SOURCE_NAME, _remove_stale_stages, convert_checkpoint
+from .install import SOURCE_NAME, convert_checkpoint, remove_stale_stages
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def fetch(name: str, home: PathLike, base_url: str = RELEASE_URL, progress: bool
     with _exclusive(downloads / f"{entry.name}.lock"):
         if not force and is_fetched(target):  # another process finished it while we waited
             return target
-        _remove_stale_stages(target)
+        remove_stale_stages(target)
         records = [download(remote, base_url, downloads, progress=progress, force=force,
                             check=_check_answers if remote is entry.answers else _check_archive)
                    for remote in entry.files()]

@@ -6,10 +6,15 @@ every process's RNG states.
     OUTPUT/checkpoints/step_0000100/   periodic (resumable), the last `keep_last` kept
     OUTPUT/best/                       best validation metric so far (metrics.json beside it)
     OUTPUT/final/                      the weights at the end of the run
+
+Each directory is filled in a hidden stage beside it (every rank's files included), fsynced and renamed into
+place (model.install), so a directory that exists is complete; a replaced one (best, final) stays whole until
+the new one is in. What a killed save leaves is put back or removed when the next run starts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -18,21 +23,24 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 import torch
 
 from model import AlproModel
-from model.checkpoint import WEIGHTS_NAME, load_state_dict_strict
+from model.checkpoint import CONFIG_NAME, WEIGHTS_NAME, load_state_dict_strict, read_native_config, write_native_files
+from model.install import publish_directory, remove_stale_stages, staged_directory
 
 from .config import TrainConfig
+from .distributed import barrier, broadcast_object
 
 logger = logging.getLogger(__name__)
 
 TRAIN_CONFIG_NAME = "train_config.yaml"
 STATE_NAME = "trainer_state.pt"
 STEP_DIR = re.compile(r"^step_(\d+)$")
+STAGED_STEP_DIR = re.compile(r"^\.(step_\d+)\..*\.tmp$")  # model.install's temporaries of a step directory
 
 
 @dataclass
@@ -68,21 +76,39 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def write_model_files(directory: Path, model: AlproModel, config: TrainConfig, files: dict[str, str],
+                      metrics: Optional[dict[str, Any]] = None) -> None:
+    """Native checkpoint + resolved config (+ extra files, metrics) into the stage `directory`."""
+    write_native_files(model, directory)
+    config.save(directory / TRAIN_CONFIG_NAME)
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    if metrics is not None:
+        (directory / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+
+
 def write_model_dir(directory: Path, model: AlproModel, config: TrainConfig, files: dict[str, str],
                     metrics: Optional[dict[str, Any]] = None) -> Path:
-    """Native checkpoint + resolved config (+ extra files, metrics), written to a temp dir then renamed."""
+    """`write_model_files` into a stage, renamed into place (replacing an older checkpoint there) when complete;
+    one process's call (no collectives: best and final are rank 0's)."""
     directory = Path(directory)
-    tmp = directory.with_name(directory.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    config.save(tmp / TRAIN_CONFIG_NAME)
-    for name, text in files.items():
-        (tmp / name).write_text(text)
-    if metrics is not None:
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    shutil.rmtree(directory, ignore_errors=True)
-    tmp.rename(directory)
+    with staged_directory(directory) as stage:
+        write_model_files(stage, model, config, files, metrics)
+        publish_directory(stage, directory)
     return directory
+
+
+@contextlib.contextmanager
+def staged_checkpoint(directory: Path, is_main: bool) -> Iterator[Path]:
+    """A stage for `directory` that every rank writes into (rank 0 makes it), published by rank 0 once every
+    rank has left the block; on an error it is removed and `directory` stays as it was. Every rank calls it."""
+    with contextlib.ExitStack() as stack:
+        stage = stack.enter_context(staged_directory(directory)) if is_main else None
+        stage = Path(broadcast_object(None if stage is None else str(stage)))
+        yield stage
+        barrier()  # every rank's files are in
+        if is_main:
+            publish_directory(stage, directory)
 
 
 def save_training_state(directory: Path, optimizer: torch.optim.Optimizer, scheduler, scaler,
@@ -96,14 +122,30 @@ def save_rng(directory: Path, rank: int) -> None:
     torch.save(rng_state(), directory / f"rng_rank{rank}.pt")
 
 
-def step_dirs(output_dir: Path) -> list[Path]:
-    """Periodic checkpoints with a training state, oldest first."""
+def missing_files(directory: Path) -> list[str]:
+    """What the periodic checkpoint `directory` lacks to resume from (nothing when complete). Directories this
+    code writes are complete or absent; older writers added the training state files after the rename."""
+    missing = [name for name in (WEIGHTS_NAME, CONFIG_NAME, STATE_NAME, "rng_rank0.pt")
+               if not (directory / name).is_file()]
+    if CONFIG_NAME not in missing:
+        try:
+            read_native_config(directory)
+        except ValueError as e:  # CheckpointError and ConfigError are ValueErrors
+            missing.append(f"a readable {CONFIG_NAME} ({e})")
+    return missing
+
+
+def _step_candidates(output_dir: Path) -> list[Path]:
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir()
-             if (m := STEP_DIR.match(p.name)) and (p / STATE_NAME).is_file()]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
+
+
+def step_dirs(output_dir: Path) -> list[Path]:
+    """Complete periodic checkpoints, oldest first."""
+    return [p for p in _step_candidates(output_dir) if not missing_files(p)]
 
 
 def prune(output_dir: Path, keep_last: int) -> None:
@@ -112,14 +154,30 @@ def prune(output_dir: Path, keep_last: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def remove_stale_temporaries(output_dir: Path) -> None:
+    """Put back or remove what killed saves left in the run's directory (rank 0, before anything is written)."""
+    output_dir = Path(output_dir)
+    root = output_dir / "checkpoints"
+    names = {m.group(1) for p in root.iterdir() if (m := STAGED_STEP_DIR.match(p.name))} if root.is_dir() else set()
+    for directory in [root / name for name in sorted(names)] + [output_dir / "best", output_dir / "final"]:
+        remove_stale_stages(directory)
+
+
 def resolve_resume(resume: str, output_dir: Path) -> Optional[Path]:
-    """`auto`: the newest periodic checkpoint of the run (None when there is none); else the given dir."""
+    """`auto`: the newest complete periodic checkpoint of the run (None when there is none), skipping incomplete
+    ones with a warning; else the given dir, which must be complete."""
     if resume == "auto":
-        dirs = step_dirs(output_dir)
-        return dirs[-1] if dirs else None
+        for directory in reversed(_step_candidates(output_dir)):
+            missing = missing_files(directory)
+            if not missing:
+                return directory
+            logger.warning("--resume auto skips %s: incomplete, without %s (a save that did not finish)",
+                           directory, ", ".join(missing))
+        return None
     path = Path(resume)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"{path} is not a resumable checkpoint (no {STATE_NAME})")
+    missing = missing_files(path)
+    if missing:
+        raise FileNotFoundError(f"{path} is not a complete resumable checkpoint: without {', '.join(missing)}")
     return path
 
 

@@ -26,8 +26,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .checkpoints import (TrainState, load_training_checkpoint, prune, resolve_resume, save_rng,
-                          save_training_state, write_model_dir)
+from .checkpoints import (TrainState, load_training_checkpoint, prune, remove_stale_temporaries, resolve_resume,
+                          save_rng, save_training_state, staged_checkpoint, write_model_dir, write_model_files)
 from .config import TrainConfig
 from .data import EpochBatchSampler, collate
 from .distributed import (DistInfo, all_reduce_mean, all_reduce_sum, barrier, broadcast_object, init_distributed)
@@ -212,13 +212,12 @@ class Trainer:
 
     def _save_periodic(self) -> Path:
         directory = self.out / "checkpoints" / f"step_{self.state.step:07d}"
-        if self.info.is_main:
-            self._prepare_save()
-            write_model_dir(directory, self.model, self.config, self.setup.files)
-            save_training_state(directory, self.optimizer, self.scheduler, self.scaler, self.state)
-        barrier()
-        save_rng(directory, self.info.rank)
-        barrier()
+        with staged_checkpoint(directory, self.info.is_main) as stage:  # appears with every file in it
+            if self.info.is_main:
+                self._prepare_save()
+                write_model_files(stage, self.model, self.config, self.setup.files)
+                save_training_state(stage, self.optimizer, self.scheduler, self.scaler, self.state)
+            save_rng(stage, self.info.rank)
         if self.info.is_main:
             prune(self.out, self.config.train.keep_last)
         return directory
@@ -273,7 +272,9 @@ class Trainer:
         info = self.info
         if info.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(self.out)  # before resolving --resume: an interrupted replacement goes back
             self.config.save(self.out / "config.yaml")
+        barrier()
         if resume:
             path = resolve_resume(resume, self.out)
             if path is not None:

@@ -7,6 +7,7 @@ and epochs shorter than the run (the stop falls inside the second epoch).
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 
@@ -80,3 +81,26 @@ def test_cached_video_tokens_train_as_encoding_every_step_and_resume(tmp_path):
         worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
         assert worst < 1e-5, worst
         assert abs(plain.last_log["loss"] - run.last_log["loss"]) < 1e-5
+
+
+def test_resume_auto_skips_an_incomplete_newest_checkpoint(tmp_path, caplog):
+    """`--resume auto` takes the newest complete periodic checkpoint: a step directory lacking a file (as an
+    older writer left it when killed before its last file) and a temporary stage are passed over."""
+    stopped = train(qa_config(tmp_path / "cut", ["train.ckpt_every=2", "train.stop_after=4"]))
+    assert stopped.stopped_early and stopped.steps == 4
+    checkpoints = tmp_path / "cut" / "checkpoints"
+    shutil.copytree(checkpoints / "step_0000004", checkpoints / ".step_0000005.1234-abcd.tmp")
+    (checkpoints / "step_0000004" / "rng_rank0.pt").unlink()
+
+    caplog.set_level(logging.INFO)
+    resumed = train(qa_config(tmp_path / "cut", ["train.ckpt_every=2"]), resume="auto")
+    assert resumed.steps == 6
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("step_0000004" in m and "incomplete" in m and "rng_rank0.pt" in m for m in messages), messages
+    assert any(f"resumed from {checkpoints / 'step_0000002'} at step 2" in m for m in messages), messages
+    assert not [p for p in checkpoints.iterdir() if p.name.startswith(".")]
+
+    plain = train(qa_config(tmp_path / "plain"))
+    a = load_file(str(Path(plain.final) / "model.safetensors"))
+    b = load_file(str(Path(resumed.final) / "model.safetensors"))
+    assert max(float((a[k].float() - b[k].float()).abs().max()) for k in a) < 1e-5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,46 @@ def test_settings_added_later_count_in_the_fingerprint_only_when_set():
         changed = create_model("tiny", **{setting: value})
         changed.load_state_dict(base.state_dict())  # no new weights: only the function differs
         assert checkpoint_fingerprint(changed) != checkpoint_fingerprint(base), setting
+
+
+def test_save_pretrained_replaces_a_checkpoint_whole(tmp_path):
+    target = tmp_path / "native"
+    torch.manual_seed(0)
+    create_model("tiny").save_pretrained(target)
+    (target / "stale.txt").write_text("from the older checkpoint")
+    torch.manual_seed(1)
+    new = create_model("tiny", max_text_len=12)
+    assert new.save_pretrained(target) == target
+    assert sorted(p.name for p in target.iterdir()) == ["config.json", "model.safetensors"]
+    again = load_pretrained(target)
+    assert again.config == new.config
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in new.state_dict().items())
+    assert [p.name for p in tmp_path.iterdir()] == ["native"]  # no stage or old copy left beside it
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o777 & ~umask  # as mkdir would make it (readable by a service)
+
+
+def test_save_pretrained_fsyncs_everything_before_the_rename(tmp_path, monkeypatch):
+    import model.install
+
+    events = []
+    monkeypatch.setattr(model.install, "_fsync_file", lambda path: events.append(("file", Path(path).name)))
+    monkeypatch.setattr(model.install, "_fsync_dir", lambda path: events.append(("dir", Path(path))))
+    rename = os.rename
+    monkeypatch.setattr(os, "rename", lambda src, dst: (events.append(("rename", Path(dst))), rename(src, dst)))
+    create_model("tiny").save_pretrained(tmp_path / "native")
+    published = events.index(("rename", tmp_path / "native"))
+    assert {("file", "config.json"), ("file", "model.safetensors")} <= set(events[:published])
+    assert events[published - 1][0] == "dir"  # the stage itself, after its files
+    assert ("dir", tmp_path) in events[published + 1:]  # the rename made durable
+
+
+def test_save_pretrained_refuses_to_replace_other_data(tmp_path):
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="refusing to replace"):
+        create_model("tiny").save_pretrained(target)
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["precious"]
