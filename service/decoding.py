@@ -7,6 +7,7 @@ left) is cancelled if it has not started, and a started one finishes its file an
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, TypeVar
@@ -17,11 +18,23 @@ from .metrics import Metrics
 T = TypeVar("T")
 
 
+DECODE_NICENESS = 10  # decode threads (and FFmpeg's threads they start) give way to search under load
+
+
+def _yield_to_search() -> None:
+    """Lower this decode thread's CPU priority (Linux: niceness is per thread and inherited by the threads it
+    starts), so long decodes for QA fill idle cores instead of taking them from /search."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), DECODE_NICENESS)
+    except (AttributeError, OSError):  # not Linux, or not allowed: decode at normal priority
+        pass
+
+
 class DecodePool:
     """`run(fn, *args)` on one of `workers` threads, at most `max_jobs` admitted (queued or running) at once."""
 
     def __init__(self, workers: int, max_jobs: int, retry_after_s: int, metrics: Metrics) -> None:
-        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="decode")
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="decode", initializer=_yield_to_search)
         self.max_jobs = max_jobs
         self._retry_after_s = retry_after_s
         self._metrics = metrics
