@@ -15,11 +15,12 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from .discover import FoundFile
-from .store import FileHash, Failure, IndexVersion, Segment, Video, utcnow
+from .store import FileHash, Failure, IndexVersion, LibraryRoot, Segment, Video, utcnow
 
 logger = logging.getLogger(__name__)
 
 _BATCH = 500  # rows per IN (...) list: well under every backend's parameter limit
+MTIME_TOLERANCE_S = 1e-6  # a few float64 ulps of a Unix time: the same file read back from the database
 
 
 @dataclass(frozen=True)
@@ -43,9 +44,26 @@ def load_hash_cache(session: Session) -> dict[str, tuple[int, int, str]]:
     return {path: (size, mtime_ns, vid) for path, size, mtime_ns, vid in rows}
 
 
+def record_library_root(session: Session, root: str) -> None:
+    """Remember a (resolved) videos folder this run walks; the service streams only files inside one."""
+    row = session.get(LibraryRoot, root)
+    now = utcnow()
+    if row is None:
+        session.add(LibraryRoot(path=root, first_indexed_at=now, last_indexed_at=now))
+    else:
+        row.last_indexed_at = now
+    session.commit()
+
+
 def save_hash_cache(session: Session, files: Sequence[FoundFile], ids: dict[str, str],
                     cached: dict[str, tuple[int, int, str]], forget: Iterable[str] = ()) -> None:
-    """Store new or changed (path -> id) entries and forget paths that are gone."""
+    """Store new or changed (path -> id) entries and forget paths that are gone.
+
+    A video row at one of these paths with the same content takes the file's current size and mtime too
+    (a touched or rewritten-but-identical file stays "unchanged" for the plan, but the service streams a
+    file only while its size and mtime are the row's).
+    """
+    _refresh_video_stats(session, files, ids)
     now = utcnow()
     changed = [f for f in files if f.path in ids and cached.get(f.path) != (f.size, f.mtime_ns, ids[f.path])]
     for batch in _chunks(changed):
@@ -56,6 +74,18 @@ def save_hash_cache(session: Session, files: Sequence[FoundFile], ids: dict[str,
     for batch in _chunks(list(forget)):
         session.execute(delete(FileHash).where(FileHash.path.in_(batch)))
     session.commit()
+
+
+def _refresh_video_stats(session: Session, files: Sequence[FoundFile], ids: dict[str, str]) -> None:
+    rows = {path: (vid, size, mtime) for vid, path, size, mtime in
+            session.execute(select(Video.id, Video.path, Video.size_bytes, Video.mtime))}
+    for f in files:
+        row = rows.get(f.path)
+        if row is None or row[0] != ids.get(f.path):
+            continue  # not indexed, or other content now (the plan replaces that video)
+        if row[1] != f.size or abs(row[2] - f.mtime) > MTIME_TOLERANCE_S:
+            session.execute(update(Video).where(Video.id == row[0], Video.path == f.path)
+                            .values(size_bytes=f.size, mtime=f.mtime))
 
 
 def load_videos(session: Session) -> dict[str, VideoState]:
@@ -95,6 +125,9 @@ def record_video(session: Session, *, video_id: str, file: FoundFile, all_paths:
     video.height = int(info["height"])
     video.num_frames = int(info["num_frames"])
     video.codec = str(info.get("codec", ""))
+    # a cache entry written before this was recorded has no such key: unknown (NULL), not whole
+    video.partial_reason = info.get("partial_reason") or None
+    video.partial = (video.partial_reason is not None) if "partial_reason" in info else None
     video.indexed_at = utcnow()
     video.checkpoint_fingerprint = fingerprint
     video.pipeline_key = key
@@ -197,5 +230,5 @@ def mark_versions_deleted(session: Session, versions: Iterable[int]) -> None:
 
 __all__ = ["IndexedVideo", "VideoState", "delete_failures", "delete_videos", "fingerprints_in_use", "load_failures",
            "load_hash_cache", "load_videos", "mark_versions_deleted", "next_version", "record_failure",
-           "record_version", "record_video", "save_hash_cache", "segments_for_index", "stale_video_ids",
-           "update_paths"]
+           "record_library_root", "record_version", "record_video", "save_hash_cache", "segments_for_index",
+           "stale_video_ids", "update_paths"]

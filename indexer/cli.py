@@ -61,9 +61,9 @@ def configure_logging(verbosity: int, rank: int = 0) -> None:
 def format_summary(summary: RunSummary) -> str:
     t = summary.timings
     lines = [
-        f"indexed {summary.indexed}, unchanged {summary.unchanged}, failed {summary.failed}, "
-        f"removed {summary.removed}, missing {summary.missing} (of {summary.found} video files; "
-        f"{summary.skipped} other files skipped)",
+        f"indexed {summary.indexed} (partial {summary.partial}), unchanged {summary.unchanged}, "
+        f"failed {summary.failed}, removed {summary.removed}, missing {summary.missing} "
+        f"(of {summary.found} video files; {summary.skipped} other files skipped)",
         f"index version {summary.index_version} ({'new' if summary.published else 'unchanged'}): "
         f"{summary.segments} segments, {summary.index_type}"
         + (f", recall@10 {summary.recall_at_10:.3f}" if summary.recall_at_10 is not None else ""),

@@ -5,6 +5,13 @@ when its extension is unknown and either its first bytes carry a video container
 finds a video stream in it. Known non-video extensions (text, images, audio, archives) and hidden files
 (including macOS `._name.mp4` resource forks) are skipped without a failure.
 
+Symbolic links: the walk never descends into a linked folder (so a link cycle cannot loop it, and nothing
+outside the folder or inside an excluded or hidden folder is reached through one), and it follows a linked
+file only when the link resolves inside the folder (its real path, compared by path components) and
+outside every excluded folder. Links that lead elsewhere are reported in `Discovery.outside` and not
+indexed: the service streams only files inside the folders the indexer walked, so indexing them would
+only make videos that cannot be played. Paths keep the folder as it was given (not resolved).
+
 The content id is the SHA-256 of the whole file (first 32 hex digits): renaming or moving a file keeps
 its id. Hashes are cached by (path, size, mtime_ns) so unchanged files are never read twice.
 """
@@ -73,6 +80,7 @@ class Discovery:
     files: list[FoundFile] = field(default_factory=list)
     skipped: int = 0  # files that are not videos (not failures)
     unreadable: list[tuple[str, str, str]] = field(default_factory=list)  # (path, error type, reason)
+    outside: list[str] = field(default_factory=list)  # file links that resolve outside the folder (not followed)
 
 
 def extension(path: str) -> str:
@@ -120,18 +128,38 @@ def probe_has_video(path: str) -> bool:
         return False
 
 
-def walk_files(root: Path, exclude: Sequence[Path] = ()) -> Iterable[tuple[str, os.stat_result]]:
-    """(absolute path, stat) of every regular, non-hidden file below root, sorted for determinism."""
+def _is_inside(path: str | Path, root: str | Path) -> bool:
+    """Whether a resolved path is root or below it, by whole components (/media/lib2 is not in /media/lib)."""
+    return Path(path).is_relative_to(root)
+
+
+def walk_files(root: Path, exclude: Sequence[Path] = (),
+               on_outside: Callable[[str], None] | None = None) -> Iterable[tuple[str, os.stat_result]]:
+    """(absolute path, stat) of every regular, non-hidden file below root, sorted for determinism.
+
+    Linked folders are not entered; a linked file is followed only when it resolves inside root and outside
+    `exclude`, else its path goes to `on_outside` (see the module docstring).
+    """
+    top = os.path.abspath(root)
+    real_root = os.path.realpath(top)
     excluded = {os.path.abspath(p) for p in exclude}
-    for dirpath, dirnames, filenames in os.walk(os.path.abspath(root), followlinks=False):
+    real_excluded = [os.path.realpath(p) for p in exclude]
+    for dirpath, dirnames, filenames in os.walk(top, followlinks=False):
         dirnames[:] = sorted(d for d in dirnames
                              if not d.startswith(".") and os.path.join(dirpath, d) not in excluded)
         for name in sorted(filenames):
             if name.startswith("."):
                 continue
             path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                real = os.path.realpath(path)
+                if not _is_inside(real, real_root) or any(_is_inside(real, e) for e in real_excluded):
+                    logger.debug("not following %s: it leads outside %s", path, top)
+                    if on_outside is not None:
+                        on_outside(path)
+                    continue
             try:
-                st = os.stat(path)  # follows file symlinks
+                st = os.stat(path)  # follows file symlinks (inside root, checked above)
             except OSError as e:
                 logger.debug("cannot stat %s: %s", path, e)
                 continue
@@ -142,7 +170,7 @@ def walk_files(root: Path, exclude: Sequence[Path] = ()) -> Iterable[tuple[str, 
 def discover(root: Path, exclude: Sequence[Path] = (), *, probe_unknown: bool = True) -> Discovery:
     """Walk root recursively and classify every file (see the module docstring)."""
     result = Discovery()
-    for path, st in walk_files(root, exclude):
+    for path, st in walk_files(root, exclude, on_outside=result.outside.append):
         ext = extension(path)
         if ext in VIDEO_EXTENSIONS:
             result.files.append(FoundFile(path, st.st_size, st.st_mtime_ns, "extension"))
@@ -164,6 +192,9 @@ def discover(root: Path, exclude: Sequence[Path] = (), *, probe_unknown: bool = 
             result.files.append(FoundFile(path, st.st_size, st.st_mtime_ns, "probe"))
         else:
             result.skipped += 1
+    if result.outside:
+        logger.warning("not indexing %d symbolic links that lead outside %s (e.g. %s)", len(result.outside),
+                       os.path.abspath(root), result.outside[0])
     return result
 
 

@@ -52,6 +52,7 @@ class StageStats:
     clips: int = 0  # clips encoded
     written: int = 0
     failed: int = 0
+    partial: int = 0  # of written: videos that decode only in part
     segments: int = 0
     decode_s: float = 0.0  # summed worker busy time (can exceed wall time with several workers)
     encode_s: float = 0.0  # main-thread model time
@@ -65,8 +66,8 @@ class StageStats:
 
     def merge(self, other: "StageStats") -> None:
         """Sum another rank's figures into these (start from StageStats(processes=0))."""
-        for name in ("videos", "clips", "written", "failed", "segments", "decode_s", "encode_s", "encode_wait_s",
-                     "write_s", "write_wait_s", "num_workers", "processes"):
+        for name in ("videos", "clips", "written", "failed", "partial", "segments", "decode_s", "encode_s",
+                     "encode_wait_s", "write_s", "write_wait_s", "num_workers", "processes"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.wall_s = max(self.wall_s, other.wall_s)
         self.failures.extend(other.failures)
@@ -79,6 +80,7 @@ class RunSummary:
     indexed: int = 0  # videos newly in the index (embedded, or recovered from the cache)
     unchanged: int = 0  # already indexed, not decoded
     failed: int = 0  # files that could not be indexed (new failures and unchanged earlier ones)
+    partial: int = 0  # of `indexed` by decoding: videos that decode only in part (indexed over that span)
     removed: int = 0  # videos dropped from the index (pruned, replaced by new content, stale)
     missing: int = 0  # indexed videos whose files are gone (kept; --prune drops them)
     renamed: int = 0
@@ -362,6 +364,7 @@ class Indexer:
                 bar.close()
         stats.clips = embedder.clips_encoded
         stats.written, stats.failed, stats.segments = wstats.written, wstats.failed, wstats.segments
+        stats.partial = wstats.partial
         stats.write_s, stats.write_wait_s = wstats.write_s, writer.put_wait_s
         stats.failures = wstats.failures
         stats.wall_s = time.perf_counter() - t_start
@@ -418,6 +421,7 @@ class Indexer:
         manifest = result.manifest
         summary.indexed = stats.written + summary.recovered  # written: all ranks
         summary.failed += stats.failed
+        summary.partial = stats.partial
         summary.failures.extend({"path": p, "error_type": e, "reason": r} for p, e, r in stats.failures)
         summary.failures = summary.failures[:MAX_LISTED_FAILURES]
         summary.removed = len(drop)
@@ -512,7 +516,8 @@ class _Batcher:
             item=self.work[pos],
             files=self.files_of[pos],
             info={"num_frames": info.num_frames, "fps": info.fps, "duration_s": info.duration_s,
-                  "width": info.width, "height": info.height, "codec": info.codec},
+                  "width": info.width, "height": info.height, "codec": info.codec,
+                  "partial_reason": final.partial_reason},
             windows=[(float(a), float(b)) for a, b in final.windows],
             embeddings=np.stack([state.embeddings[i] for i in order]).astype(np.float32),
             tokens=np.stack([state.tokens[i] for i in order]) if state.tokens else None,

@@ -12,6 +12,13 @@ that is one window). There is no separate whole-video entry: ALPRO is trained on
 10-30 s, and 8 frames spread over a long video are a set of unrelated snapshots unlike anything it
 was trained on; a video's score is its best window's score (the search side groups by video_id).
 
+A file that decodes only in part (cut short, garbage in the middle) is indexed over the span that decodes
+and never padded with a repeated frame: the windows of its whole length that begin inside the span are kept,
+the one across the span's end is cut there (and sampled again inside it), later ones are not made; the final
+chunk carries the reason ("decodable to 12.4 s of 30.0 s: ..."). The decoder finds the end where the
+sampled frames reach it (decord counts the frames a cut file holds on open; PyAV when a frame asked for is
+missing), so a file cut after the last frame sampled from it is indexed as whole.
+
 Workers pull videos from a shared counter (dynamic load balancing: a long video does not hold up a
 static share), and a file that cannot be decoded becomes a failure chunk, never a dead worker.
 """
@@ -23,7 +30,7 @@ import logging
 import math
 import multiprocessing
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -31,10 +38,16 @@ import torch
 from torch.utils.data import IterableDataset
 
 from model.config import AlproConfig
-from model.decode import VideoInfo, decode_clips, open_video
+from model.decode import DecodeStop, VideoDecodeError, VideoInfo, decode_clips, open_video
 from model.preprocess import Window, sample_frame_indices, window_frame_range
 
 logger = logging.getLogger(__name__)
+
+# Container frame counts are estimates in some formats (WebM/MKV: frame rate x a duration that may include
+# a longer audio track), so a stream ending this close to the count is whole; its windows still end where
+# it does.
+PARTIAL_TOLERANCE_S = 0.5
+PARTIAL_TOLERANCE_FRAMES = 2
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class ReaderChunk:
     windows: list[Window] = field(default_factory=list)  # on the final chunk
     thumbnails: list[bytes | None] = field(default_factory=list)  # JPEG bytes, on the final chunk
     error: tuple[str, str] | None = None  # (error type, reason): the video failed, drop its chunks
+    partial_reason: str | None = None  # on the final chunk: set where only part of the file decodes
 
     @property
     def num_clips(self) -> int:
@@ -91,6 +105,30 @@ def segment_windows(info: VideoInfo, segment_seconds: float) -> list[Window]:
         return [(0.0, length)]
     n = max(1, int(length / segment_seconds + 0.5))  # round half up (round() rounds 2.5 to 2)
     return [(length * i / n, length * (i + 1) / n) for i in range(n)]
+
+
+def cut_windows(windows: Sequence[Window], end_s: float) -> list[Window]:
+    """The windows that begin before `end_s`, the last one ending there at the latest."""
+    return [(start, min(end, end_s)) for start, end in windows if start < end_s]
+
+
+def plan_windows(info: VideoInfo, stopped: DecodeStop | None, segment_seconds: float) -> list[Window]:
+    """The windows to read; where the decoder already knows the file stops early, those of its whole
+    length cut where it stops (the same windows as where the stop is found while reading)."""
+    if stopped is None:
+        return segment_windows(info, segment_seconds)
+    whole = segment_windows(replace(info, num_frames=max(stopped.expected, info.num_frames)), segment_seconds)
+    return cut_windows(whole, stopped.frames / info.fps)
+
+
+def partial_reason(info: VideoInfo, stopped: DecodeStop | None, span_s: float) -> str | None:
+    """Why a video is partial ("decodable to 12.4 s of 30.0 s: <reason>"), or None where it is whole."""
+    if stopped is None:
+        return None
+    tolerance = max(PARTIAL_TOLERANCE_FRAMES, PARTIAL_TOLERANCE_S * info.fps)
+    if stopped.expected - stopped.frames <= tolerance:
+        return None
+    return f"decodable to {span_s:.1f} s of {info.duration_s:.1f} s: {stopped.reason}"
 
 
 def window_indices(info: VideoInfo, windows: Sequence[Window], num_frames: int, sampling: str) -> list[np.ndarray]:
@@ -127,11 +165,30 @@ def read_thumbnails(path: str, info: VideoInfo, windows: Sequence[Window], optio
         groups.append([(start + end - 1) // 2])
     try:
         _, frames = decode_clips(path, groups, size=thumbnail_size(info, options.thumbnail_width),
-                                 backend=options.backend)
-        return [encode_jpeg(f[0]) for f in frames]
+                                 backend=options.backend, pad=False)
+        jpegs: list[bytes | None] = [encode_jpeg(f[0]) for f in frames]
+        return jpegs + [None] * (len(windows) - len(jpegs))  # a frame that does not decode has none
     except Exception as e:  # noqa: BLE001 - any decoder or PIL error: the video itself decoded fine
         logger.warning("no thumbnails for %s: %s: %s", path, type(e).__name__, e)
         return [None] * len(windows)
+
+
+def read_tail(path: str, info: VideoInfo, window: Window, stopped: DecodeStop,
+              options: ReaderOptions) -> tuple[Window, torch.Tensor] | None:
+    """The window across the end of a partial file's span, cut there and sampled inside it, with its clip;
+    None where it begins past the span or its frames do not decode after all."""
+    span_s = stopped.frames / info.fps
+    if window[0] >= span_s:
+        return None
+    cut = (window[0], min(window[1], span_s))
+    (indices,) = window_indices(replace(info, num_frames=stopped.frames), [cut], options.num_frames,
+                                options.sampling)
+    try:
+        _, clips = decode_clips(path, [indices], size=options.img_size, backend=options.backend, pad=False)
+    except Exception as e:  # noqa: BLE001 - any decoder error: the span ends before this window then
+        logger.debug("%s: the window %s does not decode: %s: %s", path, cut, type(e).__name__, e)
+        return None
+    return (cut, clips[0]) if clips else None
 
 
 def read_video(item: WorkItem, options: ReaderOptions) -> Iterator[ReaderChunk]:
@@ -142,10 +199,11 @@ def read_video(item: WorkItem, options: ReaderOptions) -> Iterator[ReaderChunk]:
         source = open_video(item.path, size=options.img_size, backend=options.backend)
         try:
             info = source.info
-            windows = segment_windows(info, options.segment_seconds)
+            windows = plan_windows(info, source.stopped, options.segment_seconds)
             groups = window_indices(info, windows, options.num_frames, options.sampling)
             pending: list[torch.Tensor] = []
-            for clip in source.iter_clips(groups):  # (T, H, W, 3) uint8, one window at a time
+            # pad=False: no frame is repeated into a window the file does not reach
+            for clip in source.iter_clips(groups, pad=False):  # (T, H, W, 3) uint8, one window at a time
                 pending.append(clip)
                 done = first + len(pending)
                 if len(pending) >= options.chunk_clips and done < len(groups):
@@ -154,14 +212,28 @@ def read_video(item: WorkItem, options: ReaderOptions) -> Iterator[ReaderChunk]:
                     first, pending = done, []
                     yield chunk
                     start = time.perf_counter()  # time blocked in the queue is not decode time
+            stopped = source.stopped
         finally:
             source.close()
-        if first + len(pending) != len(groups):
-            raise RuntimeError(f"decoder returned {first + len(pending)} of {len(groups)} clips")
+        served = first + len(pending)
+        if served < len(groups):
+            if stopped is None:
+                raise RuntimeError(f"decoder returned {served} of {len(groups)} clips")
+            # the clips served stand (real frames); the window the stream ended in is cut and read again
+            tail = read_tail(item.path, info, windows[served], stopped, options)
+            windows = windows[:served]
+            if tail is not None:
+                windows.append(tail[0])
+                pending.append(tail[1])
+            if not windows:
+                raise VideoDecodeError(item.path, f"no window decodes: {stopped.reason}")
+        reason = partial_reason(info, stopped, windows[-1][1])
+        if reason is not None:
+            logger.warning("%s decodes only in part: %s", item.path, reason)
         thumbnails = read_thumbnails(item.path, info, windows, options)
         clips = torch.stack(pending) if pending else None
         yield ReaderChunk(item.pos, item.video_id, first, clips, True, time.perf_counter() - start,
-                          info=info, windows=windows, thumbnails=thumbnails)
+                          info=info, windows=windows, thumbnails=thumbnails, partial_reason=reason)
     except Exception as e:  # noqa: BLE001 - decoders raise many types; one bad file must not stop the run
         reason = getattr(e, "reason", None) or str(e) or type(e).__name__
         logger.debug("failed to read %s", item.path, exc_info=True)
@@ -208,5 +280,6 @@ def default_num_workers() -> int:
     return max(1, min(8, math.ceil(cpus / 2)))
 
 
-__all__ = ["ReaderChunk", "ReaderOptions", "VideoReaderDataset", "WorkItem", "default_num_workers", "encode_jpeg",
-           "read_thumbnails", "read_video", "segment_windows", "thumbnail_size", "window_indices"]
+__all__ = ["ReaderChunk", "ReaderOptions", "VideoReaderDataset", "WorkItem", "cut_windows", "default_num_workers",
+           "encode_jpeg", "partial_reason", "plan_windows", "read_thumbnails", "read_video", "segment_windows",
+           "thumbnail_size", "window_indices"]

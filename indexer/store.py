@@ -16,8 +16,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
 
-from sqlalchemy import (BigInteger, DateTime, Engine, Float, ForeignKey, Integer, String, Text, UniqueConstraint,
-                        create_engine, event, inspect)
+from sqlalchemy import (BigInteger, Boolean, DateTime, Engine, Float, ForeignKey, Integer, String, Text,
+                        UniqueConstraint, create_engine, event, inspect)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -55,6 +55,10 @@ class Video(Base):
     # fingerprint + pre-processing + segmentation that made the embeddings (indexer.embedder.pipeline_key)
     pipeline_key: Mapped[str] = mapped_column(String(64), default="")
     codec: Mapped[str] = mapped_column(String(32), default="")
+    # only part of the file decodes (cut short, garbage in the middle): its segments cover that span;
+    # NULL where indexed before this was recorded (older databases gain the columns in `init_db`)
+    partial: Mapped[Optional[bool]] = mapped_column(Boolean, nullable=True)
+    partial_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)  # "decodable to 12.4 s of 30.0 s: .."
 
     segments: Mapped[list["Segment"]] = relationship(
         back_populates="video", cascade="all, delete-orphan", passive_deletes=True, order_by="Segment.index"
@@ -115,6 +119,16 @@ class IndexVersion(Base):
     recall_at_10: Mapped[Optional[float]] = mapped_column(Float, nullable=True)
 
 
+class LibraryRoot(Base):
+    """A videos folder the indexer walked, resolved: the service streams only files that resolve inside one."""
+
+    __tablename__ = "library_roots"
+
+    path: Mapped[str] = mapped_column(Text, primary_key=True)  # os.path.realpath of the run's videos folder
+    first_indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_indexed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class FileHash(Base):
     """Content-hash cache: a file whose (path, size, mtime) is unchanged is not hashed again."""
 
@@ -163,12 +177,46 @@ def create_engine_for(url: str, *, create: bool = True) -> Engine:
     return engine
 
 
+# Columns added to existing tables after their first release, all nullable: `create_all` makes only missing
+# tables, so a database made before gains these in `init_db`.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"videos": ("partial", "partial_reason")}
+
+
 def init_db(engine: Engine) -> None:
-    """Create missing tables; on SQLite switch to WAL so the service reads while the indexer writes."""
+    """Create missing tables; on SQLite switch to WAL so the service reads while the indexer writes.
+
+    Tables are added, and columns only added (nullable, ADDED_COLUMNS), never altered, so creating the
+    missing tables and columns is the whole migration: a database from before `library_roots` or
+    `videos.partial` gets them on the indexer's next run.
+    """
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
             conn.exec_driver_sql("PRAGMA journal_mode=WAL")
     Base.metadata.create_all(engine)
+    add_missing_columns(engine)
+
+
+def add_missing_columns(engine: Engine) -> list[str]:
+    """ALTER TABLE ... ADD COLUMN for each of ADDED_COLUMNS its table lacks (portable DDL: SQLite and
+    PostgreSQL); returns the "table.column" names added."""
+    added = []
+    preparer = engine.dialect.identifier_preparer
+    for table_name, names in ADDED_COLUMNS.items():
+        table = Base.metadata.tables[table_name]
+        for name in names:
+            column = table.c[name]
+            assert column.nullable, f"{table_name}.{name}: an added column must be nullable"
+            with engine.begin() as conn:
+                if engine.dialect.name == "postgresql":  # another process adding it at the same time waits here
+                    conn.exec_driver_sql(f"LOCK TABLE {preparer.quote(table_name)} IN SHARE ROW EXCLUSIVE MODE")
+                if name in {c["name"] for c in inspect(conn).get_columns(table_name)}:
+                    continue
+                conn.exec_driver_sql(f"ALTER TABLE {preparer.quote(table_name)} ADD COLUMN {preparer.quote(name)} "
+                                     f"{column.type.compile(dialect=engine.dialect)}")
+            added.append(f"{table_name}.{name}")
+    if added:
+        logger.info("added columns to an older metadata database: %s", ", ".join(added))
+    return added
 
 
 def has_schema(engine: Engine) -> bool:
@@ -176,5 +224,5 @@ def has_schema(engine: Engine) -> bool:
     return inspect(engine).has_table(Video.__tablename__)
 
 
-__all__ = ["Base", "FileHash", "Failure", "IndexVersion", "Segment", "Video", "create_engine_for", "has_schema",
-           "init_db", "sqlite_path", "utcnow"]
+__all__ = ["ADDED_COLUMNS", "Base", "FileHash", "Failure", "IndexVersion", "LibraryRoot", "Segment", "Video",
+           "add_missing_columns", "create_engine_for", "has_schema", "init_db", "sqlite_path", "utcnow"]

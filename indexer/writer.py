@@ -37,7 +37,7 @@ class VideoResult:
 
     item: WorkItem
     files: Sequence[FoundFile]  # every path with this content; files[0] is where the row points
-    info: dict
+    info: dict  # VideoInfo's fields, and `partial_reason` (None: the whole file decodes)
     windows: list[tuple[float, float]]
     embeddings: np.ndarray  # float32 (S, D)
     tokens: np.ndarray | None  # float16 (S, 1 + N, D)
@@ -56,6 +56,7 @@ class VideoFailure:
 class WriterStats:
     written: int = 0
     failed: int = 0
+    partial: int = 0  # of written: videos that decode only in part
     segments: int = 0
     write_s: float = 0.0  # busy time
     failures: list[tuple[str, str, str]] = field(default_factory=list)  # (path, error type, reason)
@@ -164,7 +165,10 @@ class Writer:
                              ends=ends, thumbnails=relpaths, fingerprint=self.fingerprint, key=self.key)
         self.stats.written += 1
         self.stats.segments += len(result.windows)
-        logger.info("indexed %s %s (%d segments)", video_id, result.files[0].path, len(result.windows))
+        partial = result.info.get("partial_reason")
+        self.stats.partial += bool(partial)
+        logger.info("indexed %s %s (%d segments%s)", video_id, result.files[0].path, len(result.windows),
+                    f"; partial: {partial}" if partial else "")
         if self.on_done is not None:
             self.on_done(video_id, True)
 

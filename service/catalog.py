@@ -3,19 +3,22 @@ per search, so the lookup stays well under a millisecond)."""
 
 from __future__ import annotations
 
+import enum
 import functools
 import logging
+import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Optional
+from stat import S_ISREG
+from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, inspect, select
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
-from indexer.store import Failure, Segment, Video
+from indexer.store import Failure, LibraryRoot, Segment, Video
 
 from .errors import UnavailableError
 
@@ -34,6 +37,57 @@ class SegmentRow:
     thumbnail: Optional[str]  # relative to the data dir
     path: str  # the video file
     duration_s: Optional[float]
+
+
+@dataclass(frozen=True)
+class VideoFileRecord:
+    """What the indexer recorded of a video's file."""
+
+    path: str  # absolute, as found (links not resolved)
+    size_bytes: int
+    mtime: float  # st_mtime, seconds since the epoch
+
+
+class FileCheck(enum.Enum):
+    """Whether a video's file may be served, and if not, why."""
+
+    SERVABLE = "servable"
+    MISSING = "missing"  # no regular file there any more
+    NO_ROOTS = "no_roots"  # the database records no library folder (indexed before they were recorded)
+    OUTSIDE = "outside"  # resolves outside every recorded library folder
+    CHANGED = "changed"  # size or mtime differ from the indexed file's
+
+
+@dataclass(frozen=True)
+class LibraryFile:
+    check: FileCheck
+    path: Optional[Path] = None  # the resolved file, when servable
+    stat: Optional[os.stat_result] = None  # its stat, when servable
+
+
+MTIME_TOLERANCE_S = 1e-6  # as indexer.catalog: a few float64 ulps of a Unix time
+
+
+def check_library_file(record: VideoFileRecord, roots: Sequence[str]) -> LibraryFile:
+    """Resolve the recorded path (all links) and serve it only inside a recorded root, unchanged since indexing.
+
+    Blocking (file system). Roots are the resolved folders the indexer walked; containment is by whole path
+    components. The file served is the resolved one, so a link swapped after this check changes nothing.
+    """
+    real = os.path.realpath(record.path)
+    try:
+        st = os.stat(real)
+    except OSError:
+        return LibraryFile(FileCheck.MISSING)
+    if not S_ISREG(st.st_mode):
+        return LibraryFile(FileCheck.MISSING)
+    if not roots:
+        return LibraryFile(FileCheck.NO_ROOTS)
+    if not any(Path(real).is_relative_to(root) for root in roots):
+        return LibraryFile(FileCheck.OUTSIDE)
+    if st.st_size != record.size_bytes or abs(st.st_mtime_ns / 1e9 - record.mtime) > MTIME_TOLERANCE_S:
+        return LibraryFile(FileCheck.CHANGED)
+    return LibraryFile(FileCheck.SERVABLE, Path(real), st)
 
 
 class CatalogUnavailableError(UnavailableError):
@@ -94,7 +148,7 @@ class RowCache:
 
 
 VIDEO_FIELDS = ("id", "path", "size_bytes", "mtime", "duration_s", "fps", "width", "height", "num_frames",
-                "indexed_at", "checkpoint_fingerprint")
+                "indexed_at", "checkpoint_fingerprint", "partial", "partial_reason")
 
 
 class Catalog:
@@ -107,7 +161,9 @@ class Catalog:
         self._by_ids = (select(*self._segment_columns).join(Video, Segment.video_id == Video.id)
                         .where(Segment.id.in_(bindparam("ids", expanding=True))))
         self._video_columns = [getattr(Video, name) for name in VIDEO_FIELDS if hasattr(Video, name)]
+        self._has_video_columns = False  # the database has every one of them (see _present_video_columns)
         self._fast_sql = self._segments_sql(engine)
+        self._has_roots_table = False
 
     @staticmethod
     def _segments_sql(engine: Engine) -> Optional[tuple[str, str]]:
@@ -151,12 +207,35 @@ class Catalog:
                 rows = conn.execute(self._by_ids, {"ids": ids}).all()
         return {int(row[0]): self._segment_row(row) for row in rows}
 
+    def _present_video_columns(self) -> list:
+        """The VIDEO_FIELDS columns the database has: one from before a column was added (indexer.store.
+        ADDED_COLUMNS) lacks it until the indexer's next run, which may come while this service runs."""
+        if self._has_video_columns:
+            return self._video_columns
+        try:
+            present = {c["name"] for c in inspect(self.engine).get_columns(Video.__tablename__)}
+        except NoSuchTableError:
+            return self._video_columns  # the query fails as a missing table does: "has it been indexed?"
+        columns = [c for c in self._video_columns if c.key in present]
+        self._has_video_columns = len(columns) == len(self._video_columns)
+        return columns
+
     @_unavailable_on_db_error
     def video(self, video_id: str) -> Optional[dict[str, Any]]:
-        """The video's columns, or None."""
+        """The video's columns (those the database has), or None."""
+        columns = self._present_video_columns()
         with self.engine.connect() as conn:
-            row = conn.execute(select(*self._video_columns).where(Video.id == video_id)).first()
+            row = conn.execute(select(*columns).where(Video.id == video_id)).first()
         return None if row is None else dict(row._mapping)
+
+    @_unavailable_on_db_error
+    def partial_count(self) -> int:
+        """Videos that decode only in part (0 in a database from before that was recorded)."""
+        if "partial" not in {c.key for c in self._present_video_columns()}:
+            return 0
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(Video).where(Video.partial.is_(True)))
+                       .scalar_one())
 
     @_unavailable_on_db_error
     def video_segments(self, video_id: str) -> list[SegmentRow]:
@@ -178,6 +257,24 @@ class Catalog:
         with self.engine.connect() as conn:
             path = conn.execute(select(Video.path).where(Video.id == video_id)).scalar_one_or_none()
         return None if path is None else Path(path)
+
+    @_unavailable_on_db_error
+    def video_file(self, video_id: str) -> Optional[VideoFileRecord]:
+        """Path, size and mtime the indexer recorded of the video's file, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(Video.path, Video.size_bytes, Video.mtime).where(Video.id == video_id)).first()
+        return None if row is None else VideoFileRecord(str(row[0]), int(row[1]), float(row[2]))
+
+    @_unavailable_on_db_error
+    def library_roots(self) -> tuple[str, ...]:
+        """The resolved folders the indexer walked; none in a database from before it recorded them."""
+        if not self._has_roots_table:
+            # the indexer adds the table on its next run, while this service runs: look again each time until then
+            if not inspect(self.engine).has_table(LibraryRoot.__tablename__):
+                return ()
+            self._has_roots_table = True
+        with self.engine.connect() as conn:
+            return tuple(conn.execute(select(LibraryRoot.path)).scalars())
 
     @_unavailable_on_db_error
     def counts(self) -> tuple[int, int, int]:

@@ -33,10 +33,10 @@ from . import schemas
 from .batching import ModelWorker
 from .cache import ByteLRU
 from .decoding import DecodePool
-from .catalog import Catalog, RowCache, SegmentRow
+from .catalog import Catalog, FileCheck, RowCache, SegmentRow, check_library_file
 from .errors import (DeadlineExceededError, IndexUnavailableError, InvalidRequestError, NotFoundError,
-                     OverloadedError, QANotConfiguredError, StartupError, UnavailableError, VideoFileMissingError,
-                     VideoNotFoundError, VideoUndecodableError)
+                     OverloadedError, QANotConfiguredError, StartupError, UnavailableError, VideoFileChangedError,
+                     VideoFileMissingError, VideoNotFoundError, VideoOutsideLibraryError, VideoUndecodableError)
 from .index import IndexHolder, IndexLease, Selection
 from .metrics import Metrics
 from .ranking import Candidate, decode_cursor, encode_cursor, passes, query_key, to_cosine
@@ -290,6 +290,7 @@ class Engine:
 
     async def stats(self) -> schemas.StatsResponse:
         videos, segments, failures = await self._db(self.catalog.counts)
+        partial = await self._db(self.catalog.partial_count)
         manifest = self.index.manifest
         index = None
         if manifest is not None:
@@ -298,7 +299,8 @@ class Engine:
                 metric=manifest.metric, num_vectors=manifest.num_vectors, num_videos=manifest.num_videos,
                 has_tokens=bool(manifest.has_tokens), recall_at_10=manifest.recall_at_10)
         return schemas.StatsResponse(
-            videos=videos, segments=segments, failures=failures, index=index, index_error=self.index.error,
+            videos=videos, segments=segments, failures=failures, partial=partial, index=index,
+            index_error=self.index.error,
             checkpoint=self.retrieval.info() if self.retrieval else None,
             qa_checkpoint=self.qa.info() if self.qa else None, device=self.device,
             uptime_s=round(time.time() - self.started_at, 3))
@@ -678,21 +680,32 @@ class Engine:
             segments=[schemas.SegmentInfo(index=s.index, start=s.start_s, end=s.end_s,
                                           thumbnail_url=self._thumbnail_url(s)) for s in segments])
 
-    async def video_file(self, video_id: str) -> Path:
-        """The video's file, for streaming."""
-        return await self._db(self._video_file, video_id)
+    async def video_file(self, video_id: str) -> tuple[str, Path, os.stat_result]:
+        """(its name, resolved path, checked stat) of a video's file that may be streamed: inside a library folder
+        the indexer recorded and still the file it indexed (404 / 409 otherwise)."""
+        return await self._db(self._servable_file, video_id)
+
+    def _servable_file(self, video_id: str) -> tuple[str, Path, os.stat_result]:
+        record = self.catalog.video_file(video_id)
+        if record is None:
+            raise VideoNotFoundError(f"no video with id {video_id}")
+        found = check_library_file(record, self.catalog.library_roots())
+        if found.check is FileCheck.MISSING:
+            raise VideoFileMissingError(f"the file of video {video_id} is no longer on the server")
+        if found.check is FileCheck.NO_ROOTS:
+            raise VideoOutsideLibraryError(f"the file of video {video_id} is not served: this index records no video "
+                                           "library folder (it predates them); run alpro-index once to record it")
+        if found.check is FileCheck.OUTSIDE:
+            raise VideoOutsideLibraryError(f"the file of video {video_id} is not inside the indexed video library")
+        if found.check is FileCheck.CHANGED:
+            raise VideoFileChangedError(f"the file of video {video_id} changed since it was indexed (size or "
+                                        "modification time); running alpro-index picks it up")
+        assert found.path is not None and found.stat is not None
+        return os.path.basename(record.path), Path(found.path), found.stat
 
     async def thumbnail_file(self, video_id: str, segment_index: Optional[int] = None) -> Path:
         """A segment's thumbnail (the video's first with one when no index is given)."""
         return await self._db(self._thumbnail_file, video_id, segment_index)
-
-    def _video_file(self, video_id: str) -> Path:
-        path = self.catalog.video_path(video_id)
-        if path is None:
-            raise VideoNotFoundError(f"no video with id {video_id}")
-        if not path.is_file():
-            raise VideoFileMissingError(f"the file of video {video_id} is no longer on the server")
-        return path
 
     def _thumbnail_file(self, video_id: str, segment_index: Optional[int]) -> Path:
         if segment_index is None:

@@ -56,6 +56,19 @@ class VideoFileMissingError(NotFoundError):
     code = "video_file_missing"
 
 
+class VideoOutsideLibraryError(NotFoundError):
+    """The video's file resolves outside every library folder the indexer recorded (the path is not told)."""
+
+    code = "video_outside_library"
+
+
+class VideoFileChangedError(ServiceError):
+    """The video's file is not the one indexed (other size or mtime); the next alpro-index run indexes it."""
+
+    status_code = 409
+    code = "video_file_changed"
+
+
 class VideoUndecodableError(ServiceError):
     status_code = 422
     code = "video_undecodable"

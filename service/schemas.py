@@ -140,6 +140,10 @@ class VideoDetail(BaseModel):
     num_frames: Optional[int] = None
     indexed_at: Optional[datetime] = None
     checkpoint_fingerprint: Optional[str] = None
+    partial: Optional[bool] = Field(None, description="only part of the file decodes (cut short, corrupt): its "
+                                    "segments cover that span; null where indexed before this was recorded")
+    partial_reason: Optional[str] = Field(None, description='why, e.g. "decodable to 12.4 s of 30.0 s: stream ends '
+                                          'early"')
     stream_url: str
     thumbnail_url: Optional[str]
     segments: list[SegmentInfo]
@@ -167,6 +171,7 @@ class StatsResponse(BaseModel):
     videos: int
     segments: int
     failures: int
+    partial: int = Field(0, description="videos that decode only in part (indexed over the span that does)")
     index: Optional[IndexInfo]
     index_error: Optional[str] = Field(None, description="why the newest published version is not served")
     checkpoint: Optional[CheckpointInfo]

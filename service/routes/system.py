@@ -31,7 +31,7 @@ async def readyz(request: Request) -> JSONResponse:
 
 @router.get("/stats", response_model=StatsResponse, responses=error_responses(401, 503))
 async def stats(engine: EngineDep) -> StatsResponse:
-    """Counts of videos, segments and failures; the served checkpoint(s) and index version."""
+    """Counts of videos, segments, failures and partial videos; the served checkpoint(s) and index version."""
     return await engine.stats()
 
 

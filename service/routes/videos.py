@@ -1,4 +1,9 @@
-"""Video metadata, thumbnails and the video file itself (with HTTP range requests, for seeking)."""
+"""Video metadata, thumbnails and the video file itself (with HTTP range requests, for seeking).
+
+The file is served only while it is the one the indexer indexed: its resolved path inside a library folder
+the indexer recorded (a link out of the library is a 404 that names no path), its size and mtime the
+recorded ones (else 409: `alpro-index` indexes the new content). Thumbnails come from the data dir.
+"""
 
 from __future__ import annotations
 
@@ -46,9 +51,13 @@ async def segment_thumbnail(video_id: VideoIdPath, segment_index: SegmentIndexPa
             responses={200: {"content": {"video/mp4": {}}, "description": "the whole file"},
                        206: {"description": "the byte range asked for in a Range header"},
                        416: {"description": "the Range lies outside the file"},
-                       **error_responses(401, 404, 422)})
+                       **error_responses(401, 404, 409, 422)})
 async def stream(video_id: VideoIdPath, engine: EngineDep) -> FileResponse:
-    """The video file; honours `Range: bytes=...` (206 + Content-Range) so players can seek to a moment."""
-    path = await engine.video_file(video_id)
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(path, media_type=media_type, content_disposition_type="inline")
+    """The video file; honours `Range: bytes=...` (206 + Content-Range) so players can seek to a moment.
+
+    404 when the file is gone or lies outside the indexed library, 409 when it changed since it was indexed.
+    """
+    name, path, st = await engine.video_file(video_id)
+    media_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    # the stat checked above: the response's length is the verified file's, not a later one's
+    return FileResponse(path, media_type=media_type, stat_result=st, content_disposition_type="inline")

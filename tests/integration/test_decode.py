@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import time
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -14,6 +15,7 @@ import torch
 
 from model.config import CLIP_MEAN, CLIP_STD, preset_config
 from model.decode import (
+    DecodeStop,
     VideoDecodeError,
     VideoError,
     decode_clips,
@@ -24,6 +26,7 @@ from model.decode import (
 )
 from model.preprocess import iter_video_clips, load_video
 from tests.video_factory import (
+    coded_frame,
     read_frame_index,
     solid_frames,
     write_broken_files,
@@ -60,6 +63,28 @@ def broken(videos: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 def frame_ids(frames: torch.Tensor) -> list[int]:
     return [read_frame_index(f.numpy()) for f in frames]
+
+
+def packet_offsets(path: Path) -> list[int]:
+    """Byte offset of each video packet's data, in decode order (x264 ultrafast: no B-frames, so frame order)."""
+    with av.open(str(path)) as container:
+        return [p.pos for p in container.demux(video=0) if p.size]
+
+
+def cut_before_frame(src: Path, dst: Path, frame: int) -> Path:
+    """An interrupted download that stops where `frame`'s data begins (the index, at the front, lists them all)."""
+    dst.write_bytes(src.read_bytes()[:packet_offsets(src)[frame]])
+    return dst
+
+
+def corrupt_frames(src: Path, dst: Path, first: int, end: int) -> Path:
+    """Random bytes over the data of frames [first, end), the container's boxes intact."""
+    offsets = packet_offsets(src)
+    data = bytearray(src.read_bytes())
+    a, b = offsets[first], offsets[end]
+    data[a:b] = np.random.default_rng(0).integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    dst.write_bytes(bytes(data))
+    return dst
 
 
 # --- which frames ---------------------------------------------------------------------------------
@@ -209,6 +234,31 @@ def test_truncated_file_clamps_to_the_last_decodable_frame(videos, backend, capl
     assert frame_ids(decode_frames(videos["truncated"], [ids[2]], size=32, backend="pyav")) == [ids[2]]
 
 
+@pytest.mark.parametrize("backend", ["auto", *BACKENDS])
+def test_without_padding_a_truncated_file_stops_where_it_does(videos, tmp_path, backend):
+    """pad=False: no clip of a frame past the end, and the source says how far the file decodes."""
+    path = cut_before_frame(videos["faststart"], tmp_path / "cut.mp4", 45)  # frames [0, 45) of 90 are there
+    with open_video(path, size=32, backend=backend) as source:
+        clips = [frame_ids(c) for c in source.iter_clips([[0, 10], [20, 44], [40, 60], [80]], pad=False)]
+        assert clips == [[0, 10], [20, 44]]
+        assert source.stopped == DecodeStop(45, 90, "stream ends early")
+    # with padding (the default) the same file is still read to the end, and says so too
+    with open_video(path, size=32, backend="pyav") as source:
+        clips = [frame_ids(c) for c in source.iter_clips([[0, 10], [40, 60]])]
+        assert clips == [[0, 10], [40, 44]] and source.stopped == DecodeStop(45, 90, "stream ends early")
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_without_padding_garbage_mid_file_stops_before_it(videos, tmp_path, backend):
+    path = corrupt_frames(videos["faststart"], tmp_path / "garbage_inside.mp4", 45, 60)
+    with open_video(path, size=32, backend=backend) as source:
+        clips = [frame_ids(c) for c in source.iter_clips([[0, 10], [20, 40], [50, 55], [80, 85]], pad=False)]
+        stopped = source.stopped
+    assert clips == [[0, 10], [20, 40]]  # the frames after the garbage are not read: one span from the start
+    assert stopped is not None and stopped.expected == 90 and 40 < stopped.frames <= 50
+    assert "Invalid data" in stopped.reason  # the decoder's message
+
+
 def test_truncated_file_with_forced_decord_raises(videos):
     if not decord_available():
         pytest.skip("decord not installed")
@@ -230,6 +280,188 @@ def test_decord_failing_mid_file_continues_with_pyav(videos):
         assert frame_ids(next(clips)) == [1, 2]
         source._reader = Failing()
         assert frame_ids(next(clips)) == [100, 5]
+
+
+# --- seeking (PyAV): a segment deep into a long file ----------------------------------------------
+# 120 s at 25 fps (3000 frames), index-coded; key frames every 2 s, or every 10 s with B-frames; files whose
+# first frame is not at pts 0 (10 s in), in mp4, mkv and MPEG-TS (whose seeks land late: read from the start).
+
+LONG_FPS, LONG_FRAMES = 25, 3000
+
+
+def write_long_video(path: Path, num_frames: int, gop: int, bframes: int = 0, first_pts: int = 0) -> Path:
+    """A 160x120 h264 video at LONG_FPS, frame i coded with i, at pts first_pts + i (in 1/LONG_FPS s)."""
+    width, height = 160, 120
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=Fraction(LONG_FPS))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, LONG_FPS)
+        stream.options = {"preset": "veryfast" if bframes else "ultrafast", "crf": "23", "bf": str(bframes),
+                          "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        stream.codec_context.gop_size = gop
+        for i in range(num_frames):
+            frame = av.VideoFrame.from_ndarray(coded_frame(i, width, height), format="rgb24")
+            frame.pts, frame.time_base = first_pts + i, Fraction(1, LONG_FPS)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def long_videos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("long")
+    paths = {
+        "gop2s": write_long_video(d / "gop2s.mp4", LONG_FRAMES, gop=50),
+        "gop10s_b": write_long_video(d / "gop10s_b.mp4", LONG_FRAMES, gop=250, bframes=3),
+    }
+    for suffix in ("mp4", "mkv", "ts"):  # 40 s starting at 10 s, B-frames
+        paths[f"offset.{suffix}"] = write_long_video(d / f"offset.{suffix}", 1000, gop=50, bframes=2,
+                                                     first_pts=10 * LONG_FPS)
+    faststart = d / "gop2s_faststart.mp4"
+    with av.open(str(paths["gop2s"])) as src, av.open(str(faststart), "w", options={"movflags": "faststart"}) as dst:
+        out = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = out
+                dst.mux(packet)
+    paths["truncated"] = write_truncated(faststart, d / "gop2s_truncated.mp4", keep=0.5)
+    return paths
+
+
+def one_pass_frames(path: Path, size: int) -> list[np.ndarray]:
+    """Every frame that decodes, in order, as the PyAV backend read them before it seeked: the reference."""
+    frames = []
+    with av.open(str(path)) as container:
+        try:
+            for frame in container.decode(container.streams.video[0]):
+                frames.append(frame.to_ndarray(format="rgb24", width=size, height=size, interpolation="BILINEAR"))
+        except av.FFmpegError:  # a truncated file ends here
+            pass
+    return frames
+
+
+@pytest.fixture()
+def decoded_count(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the frames PyAV's decoder puts out through `container.decode`, whatever the backend's code."""
+    count = [0]
+    real_open = av.open
+
+    class Counting:
+        def __init__(self, container):
+            self._container = container
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._container.__exit__(*exc)
+
+        def decode(self, *args, **kwargs):
+            for frame in self._container.decode(*args, **kwargs):
+                count[0] += 1
+                yield frame
+
+    monkeypatch.setattr(av, "open", lambda *args, **kwargs: Counting(real_open(*args, **kwargs)))
+    return count
+
+
+def window_indices(window: tuple[float, float], num_frames: int = 8) -> list[int]:
+    start, end = int(window[0] * LONG_FPS), int(window[1] * LONG_FPS)
+    return np.arange(start, end, (end - start) / num_frames, dtype=int).tolist()
+
+
+@pytest.fixture(scope="module")
+def long_references(long_videos: dict[str, Path]) -> dict[str, list[np.ndarray]]:
+    return {name: one_pass_frames(long_videos[name], 64) for name in ("gop2s", "gop10s_b")}
+
+
+@pytest.mark.parametrize("name", ["gop2s", "gop10s_b"])
+@pytest.mark.parametrize("window", [(110.0, 120.0), (61.3, 62.1), (0.0, 10.0)])
+def test_window_returns_the_frames_a_pass_from_the_start_returns(long_videos, long_references, name, window):
+    expected = window_indices(window)
+    config = preset_config("tiny", num_frames=8, img_size=64)
+    clip = load_video(long_videos[name], config, window=window, backend="pyav")
+    assert [read_frame_index(f) for f in denormalize(clip)] == expected
+    reference = long_references[name]
+    assert len(reference) == LONG_FRAMES
+    frames = decode_frames(long_videos[name], expected, size=64, backend="pyav").numpy()
+    assert all(np.array_equal(f, reference[i]) for f, i in zip(frames, expected))  # the very same pixels
+    if decord_available():
+        assert frame_ids(decode_frames(long_videos[name], expected, size=64, backend="decord")) == expected
+
+
+@pytest.mark.parametrize("name, gop", [("gop2s", 50), ("gop10s_b", 250)])
+def test_window_at_the_end_decodes_about_a_gop_not_the_file(long_videos, decoded_count, name, gop):
+    config = preset_config("tiny", num_frames=8, img_size=64)
+    clip = load_video(long_videos[name], config, window=(110.0, 120.0), backend="pyav")
+    assert [read_frame_index(f) for f in denormalize(clip)] == window_indices((110.0, 120.0))
+    # a pass from the start decoded 2968 frames; the window is 250 frames, plus the GOP it starts in
+    assert decoded_count[0] <= 250 + 2 * gop
+
+
+def test_sparse_frames_of_a_long_gop_file_take_one_pass_not_a_gop_each(long_videos, decoded_count):
+    indices = list(range(0, LONG_FRAMES, 75))  # 40 frames, 3 s apart: closer than the 10 s key frames
+    assert frame_ids(decode_frames(long_videos["gop10s_b"], indices, size=32, backend="pyav")) == indices
+    assert decoded_count[0] <= LONG_FRAMES + 16  # a seek per frame would re-decode most GOPs several times
+
+
+def test_sparse_frames_further_apart_than_a_gop_are_sought(long_videos, decoded_count):
+    indices = list(range(0, LONG_FRAMES, 375))  # 15 s apart, key frames every 2 s
+    assert frame_ids(decode_frames(long_videos["gop2s"], indices, size=32, backend="pyav")) == indices
+    assert decoded_count[0] <= len(indices) * 50 + 16
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "mkv", "ts"])
+def test_first_pts_not_zero_and_b_frames(long_videos, decoded_count, suffix):
+    path = long_videos[f"offset.{suffix}"]
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].start_time > 0
+    window = (35.0, 39.9)
+    expected = window_indices(window)
+    config = preset_config("tiny", num_frames=8, img_size=64)
+    clip = load_video(path, config, window=window, backend="pyav")
+    assert [read_frame_index(f) for f in denormalize(clip)] == expected
+    if suffix != "ts":  # MPEG-TS has no index: its seeks land late, so it is read from the start
+        assert decoded_count[0] <= 122 + 2 * 50 + 16
+    groups = [np.array([0, 999, 500]), np.array([998, 1, 1])]  # any order, repeats, both ends
+    _, clips = decode_clips(path, groups, size=32, backend="pyav")
+    assert [frame_ids(c) for c in clips] == [g.tolist() for g in groups]
+
+
+def test_segments_across_a_long_file_in_one_open(long_videos, decoded_count):
+    config = preset_config("tiny", num_frames=4, img_size=32)
+    windows = [(0.0, 10.0), (60.0, 70.0), (112.5, 117.5)]
+    clips = list(iter_video_clips(long_videos["gop2s"], config, windows, backend="pyav"))
+    for c in clips:
+        assert [read_frame_index(f) for f in denormalize(c.frames)] == c.frame_indices.tolist()
+    assert [c.frame_indices[0] for c in clips] == [0, 1500, 2812]
+    assert decoded_count[0] <= 250 + 250 + 125 + 3 * 50
+
+
+@pytest.mark.parametrize("window", [(20.0, 30.0), (100.0, 110.0)])
+def test_window_in_or_past_the_cut_of_a_truncated_file(long_videos, window, caplog):
+    path = long_videos["truncated"]
+    reference = one_pass_frames(path, 32)
+    last = len(reference) - 1
+    assert 1000 < last < 2000  # half the file's bytes: the frames before the cut decode
+    expected = [min(i, last) for i in window_indices(window)]
+    with caplog.at_level(logging.WARNING, logger="model.decode"):
+        frames = decode_frames(path, window_indices(window), size=32, backend="pyav").numpy()
+    assert [read_frame_index(f) for f in frames] == expected
+    assert all(np.array_equal(f, reference[i]) for f, i in zip(frames, expected))
+    assert ("frames decode" in caplog.text) == (expected[-1] == last)
+
+
+@pytest.mark.parametrize("name", ["text", "garbage", "truncated_no_index", "header_only", "index_only"])
+def test_broken_files_raise_for_a_late_window_too(broken, name):
+    # a late first frame would be sought; the file must still fail as one where no frame decodes
+    with pytest.raises(VideoDecodeError):
+        decode_frames(broken[name], [80, 85, 89], size=32, backend="pyav")
 
 
 # --- the whole pipeline ---------------------------------------------------------------------------

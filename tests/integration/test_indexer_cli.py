@@ -36,6 +36,7 @@ def test_counts_and_failures(indexed) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert summary["indexed"] == len(GOOD)
     assert summary["failed"] == len(BROKEN)
+    assert summary["partial"] == 0  # whole files; the cut ones without an index do not open at all
     assert summary["found"] == len(GOOD) + len(BROKEN)
     assert summary["skipped"] == 2  # readme.txt and meta.json; .hidden.mp4 is not even looked at
     assert summary["unchanged"] == 0 and summary["removed"] == 0
@@ -50,6 +51,8 @@ def test_counts_and_failures(indexed) -> None:
         failures = {Path(f.path).name: f for f in session.scalars(select(Failure))}
         versions = list(session.scalars(select(IndexVersion)))
     assert paths == {str(p) for p in lib.good.values()}
+    with datadir.session() as session:
+        assert {(v.partial, v.partial_reason) for v in session.scalars(select(Video))} == {(False, None)}
     assert set(failures) == set(BROKEN)
     assert failures["empty.mp4"].reason == "empty file"
     assert all(f.reason and f.error_type for f in failures.values())

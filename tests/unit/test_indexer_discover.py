@@ -134,3 +134,51 @@ def test_unreadable_file_is_a_failure(tmp_path: Path, monkeypatch: pytest.Monkey
     assert [(f.path, kind) for f, kind, _ in result.failures] == [(str(bad), "PermissionError")]
     assert "Permission denied" in result.failures[0][2]
     assert list(result.ids) == [str(good)]
+
+
+def test_symlinks_out_of_the_root_are_not_followed(tmp_path: Path) -> None:
+    """A file link is followed only when it resolves inside the root (and outside the excluded folders);
+    folder links are never followed, so a link cycle cannot loop."""
+    outside = tmp_path / "lib_outside"  # shares the root's name as a string prefix
+    outside.mkdir()
+    foreign = write_video(outside / "foreign.mp4", 5, width=32, height=32)
+    root = tmp_path / "lib"
+    (root / "sub").mkdir(parents=True)
+    a = write_video(root / "a.mp4", 5, width=32, height=32)
+    (root / ".store").mkdir()
+    stored = write_video(root / ".store" / "b.mp4", 6, width=32, height=32)
+    exclude = root / "data"
+    exclude.mkdir()
+    write_video(exclude / "f.mp4", 7, width=32, height=32)
+
+    (root / "out.mp4").symlink_to(foreign)  # absolute link out
+    (root / "sub" / "rel_out.mp4").symlink_to(Path("..") / ".." / "lib_outside" / "foreign.mp4")
+    (root / "hop.mp4").symlink_to(root / "sub" / "rel_out.mp4")  # inside, but the chain ends outside
+    (root / "out_unknown").symlink_to(foreign)  # a link out with no video extension: not even read
+    (root / "outdir").symlink_to(outside, target_is_directory=True)
+    (root / "sub" / "loop").symlink_to(root, target_is_directory=True)
+    (root / "dangling.mp4").symlink_to(root / "nowhere.mp4")
+    (root / "to_data.mp4").symlink_to(exclude / "f.mp4")
+    (root / "b.mp4").symlink_to(Path(".store") / "b.mp4")  # inside -> inside: followed
+    (root / "sub" / "a_again.mp4").symlink_to(a)
+
+    found = discover(root, exclude=[exclude])
+    assert sorted(f.path for f in found.files) == [str(root / "a.mp4"), str(root / "b.mp4"),
+                                                   str(root / "sub" / "a_again.mp4")]
+    b = next(f for f in found.files if f.path.endswith("b.mp4"))
+    assert b.size == stored.stat().st_size and b.mtime_ns == stored.stat().st_mtime_ns  # the target's
+    assert sorted(found.outside) == sorted(str(root / n) for n in ("hop.mp4", "out.mp4", "out_unknown",
+                                                                    "sub/rel_out.mp4", "to_data.mp4"))
+    assert found.unreadable == []
+
+
+def test_a_root_reached_through_a_symlink_keeps_its_paths(tmp_path: Path) -> None:
+    real = tmp_path / "disk" / "videos"
+    real.mkdir(parents=True)
+    write_video(real / "a.mp4", 5, width=32, height=32)
+    (real / "b.mp4").symlink_to(real / "a.mp4")  # absolute, through the real folder: still inside
+    link = tmp_path / "videos"
+    link.symlink_to(real, target_is_directory=True)
+    found = discover(link)
+    assert [f.path for f in found.files] == [str(link / "a.mp4"), str(link / "b.mp4")]
+    assert found.outside == []
