@@ -38,7 +38,8 @@ def long_library(service_env, tmp_path_factory):
 
 def test_a_qa_past_its_deadline_gets_504_in_time_and_frees_its_worker(service_env, long_library):
     data, ids = long_library
-    settings = service_env.settings(data, request_timeout_s=0.05, decode_workers=1, qa_cache_mb=0)
+    # far shorter than decoding any video takes (a seek and four frames: tens of milliseconds here)
+    settings = service_env.settings(data, request_timeout_s=0.001, decode_workers=1, qa_cache_mb=0)
     with run_server(settings) as live, httpx.Client(base_url=live.url, timeout=60) as c:
         start = time.monotonic()
         r = c.post("/qa", json={"video_id": ids[0], "question": "what colour?"})
