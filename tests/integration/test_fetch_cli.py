@@ -16,8 +16,8 @@ import torch
 from model import load_pretrained
 from model.fetch_cli import main
 from model.hub import REGISTRY, fetch
-from tests.conftest import REFERENCE, load_reference
-from tests.unit.test_hub import ANSWERS, BERT, QA, RETRIEVAL, ReleaseServer, assert_same_outputs, tiny_registry
+from tests.conftest import REFERENCE, assert_same_outputs, load_reference
+from tests.unit.test_hub import ANSWERS, BERT, QA, RETRIEVAL, ReleaseServer, tiny_registry
 
 SCRIPT = shutil.which("alpro-fetch", path=str(Path(sys.executable).parent))
 

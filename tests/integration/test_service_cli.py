@@ -34,21 +34,25 @@ def _port() -> int:
     return port
 
 
+def _wait_ready(proc: subprocess.Popen, port: int, deadline_s: float = 60) -> None:
+    deadline = time.monotonic() + deadline_s
+    while True:
+        assert proc.poll() is None, proc.communicate()[1]
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "alpro-serve did not become ready"
+        time.sleep(0.1)
+
+
 def test_serves_until_interrupted(service_env):
     port = _port()
     proc = _serve(["--data-dir", str(service_env.data), "--port", str(port), "--no-access-log"],
                   ALPRO_QA_CHECKPOINT=str(service_env.qa))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "alpro-serve did not become ready"
-            time.sleep(0.1)
+        _wait_ready(proc, port)
         r = httpx.post(f"http://127.0.0.1:{port}/search", json={"query": "a red square", "top_k": 2})
         assert r.status_code == 200 and len(r.json()["results"]) == 2
         r = httpx.post(f"http://127.0.0.1:{port}/qa", json={"video_id": service_env.ids["red"], "question": "color?"})
@@ -89,16 +93,7 @@ def test_sigterm_under_load_finishes_in_flight_requests(service_env):
     base = f"http://127.0.0.1:{port}"
     results: list[object] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"{base}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "alpro-serve did not become ready"
-            time.sleep(0.1)
+        _wait_ready(proc, port)
         started = threading.Barrier(9)
 
         def ask(colour: str) -> None:

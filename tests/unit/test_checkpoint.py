@@ -12,7 +12,7 @@ import torch
 from model import (CheckpointError, ConfigError, create_model, export_official_state_dict, load_model,
                    load_official_checkpoint, load_pretrained, save_official_checkpoint)
 from model.checkpoint import official_bert_config
-from tests.conftest import REFERENCE, load_reference
+from tests.conftest import REFERENCE, assert_same_outputs, load_reference
 
 RETRIEVAL = REFERENCE / "retrieval_model_step_best.pt"
 QA = REFERENCE / "qa_model_step_best.pt"
@@ -21,24 +21,6 @@ BERT = REFERENCE / "base_model.json"
 
 def official(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-@torch.no_grad()
-def outputs(model):
-    video = load_reference("video.pt")
-    ids, mask = load_reference("text_input_ids.pt")[:3], load_reference("text_attention_mask.pt")[:3]
-    result = {"video": model.encode_video(video), "text": model.encode_text(ids, mask),
-              "vtm": model.vtm_logits(video, ids, mask)}
-    if model.qa_head is not None:
-        result["qa"] = model.answer_logits(video, ids, mask)
-    return result
-
-
-def assert_same_outputs(a, b):
-    oa, ob = outputs(a), outputs(b)
-    assert oa.keys() == ob.keys()
-    for key in oa:
-        torch.testing.assert_close(oa[key], ob[key], atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.parametrize("path", [RETRIEVAL, QA])

@@ -29,7 +29,7 @@ from model.download import FetchError, RemoteFile, verify_archive
 from model.hub import (BERT_CONFIG, REGISTRY, RELEASE_URL, ReleasedCheckpoint, UnknownCheckpointError, fetch,
                        resolve_checkpoint)
 from model.install import install_checkpoint
-from tests.conftest import REFERENCE, load_reference
+from tests.conftest import REFERENCE, assert_same_outputs, load_reference
 
 RETRIEVAL = REFERENCE / "retrieval_model_step_best.pt"
 QA = REFERENCE / "qa_model_step_best.pt"
@@ -158,24 +158,6 @@ def no_loading(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a refused download reached load_official_checkpoint")
     monkeypatch.setattr(model.install, "load_official_checkpoint", refuse)
-
-
-@torch.no_grad()
-def outputs(model) -> dict[str, torch.Tensor]:
-    video = load_reference("video.pt")
-    ids, mask = load_reference("text_input_ids.pt")[:3], load_reference("text_attention_mask.pt")[:3]
-    result = {"video": model.encode_video(video), "text": model.encode_text(ids, mask),
-              "vtm": model.vtm_logits(video, ids, mask)}
-    if model.qa_head is not None:
-        result["qa"] = model.answer_logits(video, ids, mask)
-    return result
-
-
-def assert_same_outputs(a, b) -> None:
-    oa, ob = outputs(a), outputs(b)
-    assert oa.keys() == ob.keys()
-    for key in oa:
-        torch.testing.assert_close(oa[key], ob[key], atol=1e-6, rtol=1e-6)
 
 
 def sha256(data: bytes) -> str:

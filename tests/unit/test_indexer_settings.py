@@ -8,6 +8,8 @@ import pytest
 
 from indexer.settings import SettingsError, build_parser, settings_from
 
+pytestmark = pytest.mark.usefixtures("clean_alpro_environment")
+
 
 @pytest.fixture
 def dirs(tmp_path: Path) -> dict[str, Path]:
@@ -16,16 +18,6 @@ def dirs(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "official.pt").write_bytes(b"x")
     return {"videos": tmp_path / "videos", "ckpt": tmp_path / "ckpt", "pt": tmp_path / "official.pt",
             "data": tmp_path / "data"}
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    import os
-
-    for name in list(os.environ):
-        if name.startswith("ALPRO_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
 
 
 def parse(argv: list[str], env: dict[str, str]):

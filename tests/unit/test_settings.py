@@ -11,15 +11,9 @@ import pytest
 
 from settings import SettingsError, SharedSettings, default_home, load_settings
 
+pytestmark = pytest.mark.usefixtures("clean_alpro_environment")
+
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
-    for name in list(os.environ):
-        if name.startswith("ALPRO_"):
-            monkeypatch.delenv(name)
-    return monkeypatch
 
 
 def default_of(cls, name: str):
