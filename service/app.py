@@ -16,7 +16,7 @@ from .engine import Engine
 from .errors import StartupError, install_error_handlers
 from .fastpath import SearchFastPath
 from .metrics import Metrics, MetricsMiddleware
-from .middleware import BodyLimitMiddleware
+from .middleware import BodyLimitMiddleware, Drain, DrainMiddleware
 from .routes import search, system, ui, videos
 from .routes.ui import STATIC_DIR
 from .settings import Settings
@@ -80,4 +80,6 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     if settings.search_fast_path:
         app.add_middleware(SearchFastPath, owner=app, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.state.drain = Drain()
+    app.add_middleware(DrainMiddleware, drain=app.state.drain, retry_after_s=settings.retry_after_s)
     return app

@@ -56,14 +56,38 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     from .app import create_app
 
-    # uvicorn answers SIGTERM / SIGINT with a graceful shutdown (in-flight requests finish, for up to the grace
-    # period), then raises the signal again for the handler found at start. A stop asked for is a clean exit:
-    # that handler ignores it, so the process exits 0 and a supervisor (docker, systemd) sees success.
+    # uvicorn raises a stop signal again once it has shut down, for the handler found at start: a stop asked
+    # for is a clean exit, so that handler ignores it and the process exits 0 (docker, systemd see success)
     for stop in (signal.SIGTERM, signal.SIGINT):
         signal.signal(stop, lambda *_: None)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level,
-                access_log=not args.no_access_log, timeout_graceful_shutdown=settings.shutdown_grace_s)
+    app = create_app(settings)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=args.log_level,
+                            access_log=not args.no_access_log, timeout_graceful_shutdown=settings.shutdown_grace_s)
+    _draining_server(config, app.state.drain, settings.shutdown_grace_s).run()
     return 0
+
+
+def _draining_server(config, drain, grace_s: float):
+    """uvicorn's server, stopping in two steps on SIGTERM / Ctrl-C: new requests get 503 while those in flight
+    finish (up to the grace period), then uvicorn shuts down. A second signal stops at once."""
+    import threading
+
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        def handle_exit(self, sig, frame) -> None:
+            if drain.draining:
+                super().handle_exit(sig, frame)
+                return
+            drain.begin()
+            logging.getLogger("service").info("stopping: new requests get 503, those in flight finish")
+            threading.Thread(target=self._stop_when_idle, args=(sig, frame), daemon=True).start()
+
+        def _stop_when_idle(self, sig, frame) -> None:
+            drain.wait_idle(grace_s)
+            super().handle_exit(sig, frame)
+
+    return DrainingServer(config)
 
 
 if __name__ == "__main__":

@@ -84,7 +84,8 @@ def test_bad_settings_are_named(tmp_path, capsys, monkeypatch):
 
 def test_sigterm_under_load_finishes_in_flight_requests(service_env):
     """A deployment stops the service with SIGTERM: requests already in flight are answered (no reset
-    connection), later ones are refused or get a 503, and the process exits 0 within its grace period."""
+    connection), a new one meanwhile gets 503 with Retry-After, and the process exits 0 within its grace
+    period."""
     import threading
 
     port = _port()
@@ -104,7 +105,7 @@ def test_sigterm_under_load_finishes_in_flight_requests(service_env):
                 except httpx.HTTPError as e:
                     results.append(e)
 
-        threads = [threading.Thread(target=ask, args=(c,)) for c in list(service_env.ids) * 2]
+        threads = [threading.Thread(target=ask, args=(c,)) for c in list(service_env.ids) * 2]  # 8, one decode at a time
         for t in threads:
             t.start()
         started.wait()
@@ -118,6 +119,8 @@ def test_sigterm_under_load_finishes_in_flight_requests(service_env):
             assert time.monotonic() < deadline, f"requests did not all arrive: {inflight}"
             time.sleep(0.01)
         proc.send_signal(signal.SIGTERM)
+        # a request that comes after the signal, while the others are still being answered: 503 + Retry-After
+        late = httpx.post(f"{base}/search", json={"query": "late"}, timeout=30)
         for t in threads:
             t.join(60)
     finally:
@@ -128,3 +131,5 @@ def test_sigterm_under_load_finishes_in_flight_requests(service_env):
     assert len(results) == 8
     assert all(isinstance(r, httpx.Response) and r.status_code == 200 for r in results), \
         [r.status_code if isinstance(r, httpx.Response) else repr(r) for r in results]
+    assert late.status_code == 503 and late.json()["error"] == "shutting_down" and late.headers["retry-after"], \
+        late.text
