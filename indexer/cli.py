@@ -22,7 +22,7 @@ from model.download import FetchError
 
 from .datadir import IndexMismatchError
 from .distributed import init_distributed, shutdown_distributed
-from .errors import MetadataDatabaseError, is_disk_full
+from .errors import MetadataDatabaseError, database_reason, is_disk_full
 from .lock import DataDirLockedError, DataDirLockError
 from .pipeline import RunSummary, run_index
 from .settings import SettingsError, build_parser, settings_from
@@ -114,9 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"alpro-index: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (MetadataDatabaseError, DBAPIError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        print(f"alpro-index: error: the metadata database failed ({reason}); videos finished before it are kept, "
-              f"nothing was published: run alpro-index again when the database is back", file=sys.stderr)
+        print(f"alpro-index: error: the metadata database failed ({database_reason(e)}); videos finished before "
+              f"it are kept, nothing was published: run alpro-index again when the database is back", file=sys.stderr)
         return EXIT_DATABASE
     except OSError as e:
         if not is_disk_full(e):

@@ -18,3 +18,9 @@ class DiskFullError(OSError):
 
 def is_disk_full(error: BaseException) -> bool:
     return isinstance(error, OSError) and error.errno in _NO_SPACE
+
+
+def database_reason(error: BaseException) -> str:
+    """The first line of what the database driver said (SQLAlchemy wraps it in `orig`), for one-line messages."""
+    text = str(getattr(error, "orig", None) or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -23,7 +23,7 @@ from .cache import CacheEntry, EmbeddingCache, atomic_write
 from .catalog import record_failure, record_video
 from .datadir import DataDir
 from .discover import FoundFile
-from .errors import DiskFullError, MetadataDatabaseError, is_disk_full
+from .errors import DiskFullError, MetadataDatabaseError, database_reason, is_disk_full
 from .reader import WorkItem
 
 logger = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Writer:
                     self.write_failure(message)
                 self.stats.write_s += time.perf_counter() - start
         except DBAPIError as e:  # the database went away: one line, the run ends with a clear error
-            logger.error("index writer: the metadata database failed: %s", str(e.orig or e).strip().splitlines()[0])
+            logger.error("index writer: the metadata database failed: %s", database_reason(e))
             self.error = e
         except OSError as e:
             if not is_disk_full(e):
@@ -134,7 +134,7 @@ class Writer:
         assert self.error is not None
         if isinstance(self.error, DBAPIError):
             raise MetadataDatabaseError(f"the metadata database failed while writing: "
-                                        f"{str(self.error.orig or self.error).strip().splitlines()[0]}") from self.error
+                                        f"{database_reason(self.error)}") from self.error
         if is_disk_full(self.error):
             raise DiskFullError(self.error.errno, f"writing {self.error.filename or 'the data dir'}: "
                                 f"{self.error.strerror}") from self.error

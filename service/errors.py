@@ -15,7 +15,6 @@ from typing import Any, Optional
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 logger = logging.getLogger(__name__)
@@ -177,16 +176,6 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.url.path}"
         return error_response(exc.status_code, code, message, headers=getattr(exc, "headers", None))
-
-    @app.exception_handler(DBAPIError)
-    async def _database_down(request: Request, exc: DBAPIError) -> JSONResponse:
-        # the metadata database restarting or unreachable: a pause, not a bug; the pool reconnects by itself
-        if not exc.connection_invalidated and not isinstance(exc, (OperationalError, InterfaceError)):
-            return await _unexpected(request, exc)
-        logger.warning("metadata database unavailable on %s %s: %s", request.method, request.url.path,
-                       str(exc.orig).strip().splitlines()[0] if exc.orig else exc)
-        return error_response(503, "database_unavailable", "the metadata database is unavailable; retry shortly",
-                              headers={"Retry-After": "2"})
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
