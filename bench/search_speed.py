@@ -68,10 +68,10 @@ def build_data_dir(work: Path, *, vectors: int, per_video: int, preset: str, nli
     import torch
     from sqlalchemy import insert
 
-    from indexer.datadir import FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, DataDir, IndexManifest
+    from store.datadir import FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, DataDir, IndexManifest
     from indexer.faiss_index import ivf_nlist
     from indexer.publisher import write_current
-    from indexer.store import Video, create_engine_for, init_db
+    from store.tables import Video, create_engine_for, init_db
     from model import checkpoint_fingerprint, create_model
 
     nlist = nlist or ivf_nlist(vectors)
@@ -158,7 +158,7 @@ def _video_path(v: int) -> str:
 def write_segments(data: Path, *, vectors: int, per_video: int, rows_in_index: bool) -> None:
     """segments.npz of version 1, with the rows search results show (as alpro-index writes it) or without
     them (as versions from before the row columns: the service reads each search's rows from the DB)."""
-    from indexer.datadir import SEGMENTS_NAME, DataDir
+    from store.datadir import SEGMENTS_NAME, DataDir
 
     path = DataDir(data).version_dir(1) / SEGMENTS_NAME
     ids = np.arange(1, vectors + 1, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""The indexer's reads and writes of the SQL metadata (store.py models), one transaction per change.
+"""The indexer's reads and writes of the SQL metadata (store.tables models), one transaction per change.
 
 Every function takes a Session and commits its own unit of work, so a crash loses at most the video
 being written. Only portable SQL is used (SQLite and PostgreSQL).
@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from .discover import FoundFile
-from .store import FileHash, Failure, IndexVersion, LibraryRoot, Segment, Video, utcnow
+from store.tables import FileHash, Failure, IndexVersion, LibraryRoot, Segment, Video, utcnow
 
 logger = logging.getLogger(__name__)
 

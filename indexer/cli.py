@@ -20,7 +20,7 @@ from model.checkpoint import CheckpointError
 from model.config import ConfigError
 from model.download import FetchError
 
-from .datadir import IndexMismatchError
+from store.datadir import IndexMismatchError
 from .distributed import init_distributed, shutdown_distributed
 from .errors import MetadataDatabaseError, database_reason, is_disk_full
 from .lock import DataDirLockedError, DataDirLockError
@@ -83,7 +83,7 @@ def format_summary(summary: RunSummary) -> str:
 
 
 def _current_version(settings) -> int | None:
-    from .datadir import DataDir
+    from store.datadir import DataDir
 
     try:
         return DataDir(settings.data_dir, settings.database_url).current_version()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
-from .datadir import apply_search_params, configure_faiss
+from store.datadir import apply_search_params, configure_faiss
 
 logger = logging.getLogger(__name__)
 

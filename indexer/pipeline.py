@@ -27,7 +27,7 @@ from model.hub import resolve_checkpoint
 from .cache import EmbeddingCache
 from .catalog import (delete_failures, delete_videos, load_failures, load_hash_cache, load_videos, record_failure,
                       record_library_root, record_video, save_hash_cache, stale_video_ids, update_paths)
-from .datadir import DataDir, IndexMismatchError, IndexNotFoundError
+from store.datadir import DataDir, IndexMismatchError, IndexNotFoundError
 from .discover import FoundFile, discover, hash_files
 from .distributed import DistContext
 from .embedder import Embedder, autocast_dtype, pipeline_key, precision_name, resolve_device
@@ -36,7 +36,7 @@ from .plan import Plan, make_plan
 from .publisher import PublishResult, publish, remove_temporaries
 from .reader import ReaderChunk, ReaderOptions, VideoReaderDataset, WorkItem, default_num_workers
 from .settings import IndexSettings
-from .store import init_db
+from store.tables import init_db
 from .writer import VideoFailure, VideoResult, Writer, remove_thumbnails, thumbnail_relpaths
 
 logger = logging.getLogger(__name__)

@@ -23,10 +23,10 @@ import numpy as np
 
 from .cache import EmbeddingCache, fsync_dir
 from .catalog import IndexedVideo, mark_versions_deleted, next_version, record_version, segments_for_index
-from .datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, ROW_COLUMNS, SEGMENTS_NAME, TOKENS_DIR, DataDir,
+from store.datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, ROW_COLUMNS, SEGMENTS_NAME, TOKENS_DIR, DataDir,
                       IndexManifest, IndexNotFoundError, version_name)
 from .faiss_index import BuiltIndex, build_index, choose_index_type
-from .lease import version_unleased
+from store.lease import version_unleased
 
 logger = logging.getLogger(__name__)
 

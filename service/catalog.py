@@ -18,7 +18,7 @@ from sqlalchemy import bindparam, func, inspect, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
-from indexer.store import Failure, LibraryRoot, Segment, Video
+from store.tables import Failure, LibraryRoot, Segment, Video
 
 from .errors import UnavailableError
 
@@ -110,7 +110,7 @@ def _unavailable_on_db_error(method):
 
 
 class RowCache:
-    """Segment rows by id, LRU, for one index version at a time. Rows are never edited once written (store.py),
+    """Segment rows by id, LRU, for one index version at a time. Rows are never edited once written (store.tables),
     so only a new version (which may drop videos) makes the cache stale; it empties itself then."""
 
     def __init__(self, max_rows: int) -> None:
@@ -208,7 +208,7 @@ class Catalog:
         return {int(row[0]): self._segment_row(row) for row in rows}
 
     def _present_video_columns(self) -> list:
-        """The VIDEO_FIELDS columns the database has: one from before a column was added (indexer.store.
+        """The VIDEO_FIELDS columns the database has: one from before a column was added (store.tables.
         ADDED_COLUMNS) lacks it until the indexer's next run, which may come while this service runs."""
         if self._has_video_columns:
             return self._video_columns

@@ -22,7 +22,7 @@ from typing import Any, AsyncIterator, Optional, Sequence
 import numpy as np
 import torch
 
-from indexer.datadir import DataDir, IndexManifest, IndexRow, IndexSnapshot
+from store.datadir import DataDir, IndexManifest, IndexRow, IndexSnapshot
 from model import AlproModel, Tokenizer, checkpoint_fingerprint, load_model
 from model.decode import VideoError
 from model.download import FetchError

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import faiss
 import numpy as np
 
-from indexer.datadir import DataDir, IndexManifest, IndexNotFoundError, IndexSnapshot
+from store.datadir import DataDir, IndexManifest, IndexNotFoundError, IndexSnapshot
 
 from . import schemas
 from .errors import IndexUnavailableError

@@ -13,8 +13,8 @@ from PIL import Image
 from sqlalchemy import select
 
 import model
-from indexer.datadir import DataDir
-from indexer.store import Failure, IndexVersion, Video
+from store.datadir import DataDir
+from store.tables import Failure, IndexVersion, Video
 from tests.integration.test_indexer_support import (BROKEN, GOOD, LONG_SEGMENTS, Library, make_library, main_json,
                                                     read_state, run_cli_json)
 from tests.integration.test_indexer_support import library, library_template, other_checkpoint, tiny_checkpoint  # noqa: F401

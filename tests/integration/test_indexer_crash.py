@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import model
-from indexer.datadir import DataDir
+from store.datadir import DataDir
 from indexer.pipeline import run_index
 from tests.integration.test_indexer_support import (ROOT, assert_same_content, make_library, read_state,
                                                     settings_for)
@@ -59,7 +59,7 @@ def count_videos(data: Path) -> int:
     datadir = DataDir(data)
     try:
         with datadir.session() as session:
-            from indexer.store import Video
+            from store.tables import Video
 
             return session.query(Video).count()
     finally:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from indexer.datadir import DataDir
+from store.datadir import DataDir
 from tests.integration.test_service_support import make_videos
 
 

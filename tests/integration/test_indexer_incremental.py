@@ -14,10 +14,10 @@ from sqlalchemy import select
 
 import indexer.reader
 import model
-from indexer.datadir import DataDir
+from store.datadir import DataDir
 from indexer.embedder import Embedder
 from indexer.pipeline import run_index
-from indexer.store import Failure, Segment, Video
+from store.tables import Failure, Segment, Video
 from tests.integration.test_indexer_support import GOOD, Library, read_state, settings_for
 from tests.integration.test_indexer_support import library, library_template, tiny_checkpoint  # noqa: F401
 from tests.video_factory import write_video

@@ -15,9 +15,9 @@ from sqlalchemy import inspect, select, text
 
 import model
 from indexer.cli import format_summary
-from indexer.datadir import DataDir
+from store.datadir import DataDir
 from indexer.pipeline import RunSummary
-from indexer.store import Video, create_engine_for, init_db
+from store.tables import Video, create_engine_for, init_db
 from model.decode import decord_available
 from tests.integration.test_decode import corrupt_frames, cut_before_frame
 from tests.integration.test_indexer_support import main_json, read_state

@@ -16,9 +16,9 @@ import pytest
 from sqlalchemy import select
 
 import model
-from indexer.datadir import DataDir
+from store.datadir import DataDir
 from indexer.settings import IndexSettings
-from indexer.store import Failure, Segment, Video
+from store.tables import Failure, Segment, Video
 from tests.video_factory import write_broken_files, write_video
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -12,7 +12,7 @@ import torch
 
 httpx = pytest.importorskip("httpx")
 
-from indexer.datadir import SEGMENTS_NAME, DataDir  # noqa: E402
+from store.datadir import SEGMENTS_NAME, DataDir  # noqa: E402
 from model import Tokenizer, load_pretrained, load_video  # noqa: E402
 from service import schemas  # noqa: E402
 from tests.integration.test_service_support import QA_ANSWERS, run_server, service_env  # noqa: E402,F401

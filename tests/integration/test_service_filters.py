@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.datadir import CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, DataDir, IndexManifest, version_name
+from store.datadir import CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, DataDir, IndexManifest, version_name
 from indexer.faiss_index import build_index
-from indexer.store import create_engine_for, init_db
+from store.tables import create_engine_for, init_db
 from model import checkpoint_fingerprint, create_model
 from service import index as served
 from service import schemas

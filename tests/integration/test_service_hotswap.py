@@ -108,7 +108,7 @@ def test_version_from_another_checkpoint_is_not_served(service_env, tmp_path):
 def test_retention_keeps_the_version_a_service_still_serves(service_env, tmp_path):
     """A service held on version 1 (no swap) while three versions are published with keep_versions=1: its
     version's files stay, and re-ranking keeps reading its stored tokens instead of decoding videos."""
-    from indexer.datadir import DataDir
+    from store.datadir import DataDir
     from indexer.pipeline import run_index
     from indexer.settings import IndexSettings
 

@@ -13,11 +13,11 @@ from sqlalchemy import select, text, update
 
 httpx = pytest.importorskip("httpx")
 
-from indexer.datadir import DataDir  # noqa: E402
+from store.datadir import DataDir  # noqa: E402
 from indexer.discover import content_id  # noqa: E402
 from indexer.pipeline import run_index  # noqa: E402
 from indexer.settings import IndexSettings  # noqa: E402
-from indexer.store import Video  # noqa: E402
+from store.tables import Video  # noqa: E402
 from model import create_model  # noqa: E402
 from tests.integration.test_service_support import index_videos, make_videos, run_server  # noqa: E402
 

@@ -1,7 +1,7 @@
 """Shared helpers of the service tests (no tests here): checkpoints, videos, data dirs and a live server.
 
 The shared data dirs are built by the indexer itself (`index_videos`). `DataDirWriter` writes one in the
-layout of indexer/datadir.py from the indexer's pieces (ORM, segment windows, content ids, thumbnails,
+layout of store/datadir.py from the indexer's pieces (ORM, segment windows, content ids, thumbnails,
 FAISS builder) where a test needs control: vectors it chooses, rows whose file is gone, a foreign
 checkpoint fingerprint. `run_server` starts the real app under uvicorn on 127.0.0.1 and a free port.
 """
@@ -24,12 +24,12 @@ import numpy as np
 import pytest
 import torch
 
-from indexer.datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, TOKENS_DIR, DataDir,
+from store.datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, TOKENS_DIR, DataDir,
                              IndexManifest, version_name)
 from indexer.discover import content_id
 from indexer.faiss_index import build_index
 from indexer.reader import encode_jpeg, segment_windows
-from indexer.store import Segment, Video, create_engine_for, init_db
+from store.tables import Segment, Video, create_engine_for, init_db
 from model import AlproModel, checkpoint_fingerprint, create_model, load_video, probe_video
 from model.decode import decode_frames
 from tests.video_factory import solid_frames, write_video

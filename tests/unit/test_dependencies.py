@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("settings", "model", "training", "indexer", "service")
+PACKAGES = ("settings", "model", "store", "training", "indexer", "service")
 
 
 def imported_packages(package: str) -> set[str]:
@@ -31,3 +31,11 @@ def test_model_imports_only_the_settings_layer():
 def test_nothing_imports_service():
     for package in ("model", "training", "indexer"):
         assert "service" not in imported_packages(package), package
+
+
+def test_store_imports_only_the_layers_below():
+    assert imported_packages("store") <= {"store", "settings"}
+
+
+def test_service_never_imports_the_indexer():
+    assert "indexer" not in imported_packages("service")

@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from indexer import catalog
 from indexer.cache import CacheEntry, EmbeddingCache
-from indexer.datadir import DataDir, IndexMismatchError, IndexNotFoundError
+from store.datadir import DataDir, IndexMismatchError, IndexNotFoundError
 from indexer.discover import FoundFile
 from indexer.publisher import apply_retention, publish, remove_temporaries
-from indexer.store import IndexVersion, init_db
+from store.tables import IndexVersion, init_db
 
 DIM = 16
 KEY = "k" * 16
@@ -212,7 +212,7 @@ def test_snapshot_locates_and_reads_rows_by_segment_id(tmp_path: Path, ids) -> N
     """Dense ids take the direct id -> row table, sparse ones the binary search: the same answers."""
     import faiss
 
-    from indexer.datadir import FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, IndexManifest, IndexSnapshot
+    from store.datadir import FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, IndexManifest, IndexSnapshot
 
     version_dir = tmp_path / "v000001"
     version_dir.mkdir()

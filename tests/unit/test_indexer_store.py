@@ -14,9 +14,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from indexer import catalog
-from indexer.datadir import DataDir
+from store.datadir import DataDir
 from indexer.discover import FoundFile
-from indexer.store import Failure, FileHash, IndexVersion, Segment, Video, create_engine_for, has_schema, init_db
+from store.tables import Failure, FileHash, IndexVersion, Segment, Video, create_engine_for, has_schema, init_db
 
 POSTGRES_URL = os.environ.get("ALPRO_TEST_POSTGRES_URL")
 INFO = {"num_frames": 300, "fps": 30.0, "duration_s": 10.0, "width": 320, "height": 240, "codec": "h264"}
@@ -32,7 +32,7 @@ def fresh_postgres_url(server_url: str) -> str:
             conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
         return url.set(database=name).render_as_string(hide_password=False)
     except sa.exc.ProgrammingError:
-        from indexer.store import Base
+        from store.tables import Base
 
         engine = sa.create_engine(url)
         Base.metadata.drop_all(engine)

@@ -359,4 +359,4 @@ def test_service_imports_only_model_and_the_indexers_read_side():
                 imported.update(alias.name for alias in node.names)
     ours = {m for m in imported if m.split(".")[0] in ("model", "indexer", "training")}
     assert {m.split(".")[0] for m in ours} <= {"model", "indexer"}
-    assert {m for m in ours if m.startswith("indexer")} <= {"indexer.datadir", "indexer.store"}
+    assert {m for m in ours if m.startswith("indexer")} <= {"store.datadir", "store.tables"}

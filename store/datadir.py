@@ -43,7 +43,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from .lease import VersionLease
-from .store import create_engine_for
+from .tables import create_engine_for
 
 logger = logging.getLogger(__name__)
 
