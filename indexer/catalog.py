@@ -181,27 +181,59 @@ class IndexedVideo:
     starts: list[float]
     ends: list[float]
     thumbnails: list[bool]  # a thumbnail file exists (at DataDir.thumbnail_relpath)
+    preview: bool = False  # a preview file exists (at DataDir.preview_path)
 
 
 def segments_for_index(session: Session, key: str) -> list[IndexedVideo]:
     """Every video made with this pipeline key, by video id, with its segments by index."""
     rows = session.execute(
         select(Segment.video_id, Segment.id, Segment.start_s, Segment.end_s, Segment.thumbnail, Video.path,
-               Video.duration_s)
+               Video.duration_s, Video.preview_bytes)
         .join(Video, Video.id == Segment.video_id)
         .where(Video.pipeline_key == key)
         .order_by(Segment.video_id, Segment.index)
     )
     out: list[IndexedVideo] = []
-    for video_id, seg_id, start, end, thumbnail, path, duration in rows:
+    for video_id, seg_id, start, end, thumbnail, path, duration, preview_bytes in rows:
         if not out or out[-1].video_id != video_id:
-            out.append(IndexedVideo(video_id, path, None if duration is None else float(duration), [], [], [], []))
+            out.append(IndexedVideo(video_id, path, None if duration is None else float(duration), [], [], [], [],
+                                    preview_bytes is not None))
         video = out[-1]
         video.segment_ids.append(int(seg_id))
         video.starts.append(float(start))
         video.ends.append(float(end))
         video.thumbnails.append(bool(thumbnail))
     return out
+
+
+@dataclass(frozen=True)
+class PreviewState:
+    """What the database says about a video's browser preview (see store.tables.Video)."""
+
+    id: str
+    path: str
+    container: str  # "" until probed
+    playable: bool | None  # None until probed
+    preview_bytes: int | None  # None: no preview
+    preview_error: str | None  # why the last try made none
+
+
+def load_preview_states(session: Session) -> list[PreviewState]:
+    rows = session.execute(select(Video.id, Video.path, Video.container, Video.playable, Video.preview_bytes,
+                                  Video.preview_error).order_by(Video.id))
+    return [PreviewState(*row) for row in rows]
+
+
+def record_preview(session: Session, video_id: str, *, container: str | None = None, playable: bool | None = None,
+                   preview_bytes: int | None, preview_error: str | None) -> None:
+    """Store what the previewer found out (container and playable only where given)."""
+    values: dict = {"preview_bytes": preview_bytes, "preview_error": preview_error[:2000] if preview_error else None}
+    if container is not None:
+        values["container"] = container[:64]
+    if playable is not None:
+        values["playable"] = playable
+    session.execute(update(Video).where(Video.id == video_id).values(**values))
+    session.commit()
 
 
 def stale_video_ids(session: Session, key: str) -> list[str]:
@@ -228,7 +260,7 @@ def mark_versions_deleted(session: Session, versions: Iterable[int]) -> None:
         session.commit()
 
 
-__all__ = ["IndexedVideo", "VideoState", "delete_failures", "delete_videos", "fingerprints_in_use", "load_failures",
-           "load_hash_cache", "load_videos", "mark_versions_deleted", "next_version", "record_failure",
-           "record_library_root", "record_version", "record_video", "save_hash_cache", "segments_for_index",
-           "stale_video_ids", "update_paths"]
+__all__ = ["IndexedVideo", "PreviewState", "VideoState", "delete_failures", "delete_videos", "fingerprints_in_use",
+           "load_failures", "load_hash_cache", "load_preview_states", "load_videos", "mark_versions_deleted",
+           "next_version", "record_failure", "record_library_root", "record_preview", "record_version", "record_video",
+           "save_hash_cache", "segments_for_index", "stale_video_ids", "update_paths"]

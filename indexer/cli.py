@@ -75,6 +75,9 @@ def format_summary(summary: RunSummary) -> str:
             f"write {t.get('write', 0):.1f} s, encoder idle {t.get('encode_wait', 0):.1f} s; "
             f"bound by {summary.pipeline.get('bound_by')}"
         )
+    if summary.previews_made or summary.previews_failed:
+        lines.append(f"previews: {summary.previews_made} made ({summary.preview_bytes / 1e6:.1f} MB) in "
+                     f"{t.get('previews', 0):.1f} s, {summary.previews_failed} failed")
     for failure in summary.failures[:20]:
         lines.append(f"  failed: {failure['path']}: {failure['reason']}")
     if summary.missing:

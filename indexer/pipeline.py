@@ -1,4 +1,5 @@
-"""One indexing run: plan -> reader (worker processes) -> embedder (batched) -> writer (thread) -> publish.
+"""One indexing run: plan -> reader (worker processes) -> embedder (batched) -> writer (thread) -> publish,
+then browser previews (indexer.previewer) and, where they change the rows, another publish.
 
 The stages overlap: DataLoader workers decode the next videos while the main thread encodes, and the
 writer thread stores finished videos meanwhile. Each stage is timed; `encode_wait_s` is how long the
@@ -33,6 +34,8 @@ from .distributed import DistContext
 from .embedder import Embedder, autocast_dtype, pipeline_key, precision_name, resolve_device
 from .lock import DataDirLock
 from .plan import Plan, make_plan
+from .preview import remove_temporaries as remove_preview_temporaries
+from .previewer import update_previews
 from .publisher import PublishResult, publish, remove_temporaries
 from .reader import ReaderChunk, ReaderOptions, VideoReaderDataset, WorkItem, default_num_workers
 from .settings import IndexSettings
@@ -90,6 +93,9 @@ class RunSummary:
     decoded: int = 0  # videos decoded in this run (all ranks)
     encoded_clips: int = 0
     recovered: int = 0  # of `indexed`: rows written from the cache after an interrupted run
+    previews_made: int = 0  # browser previews made (timings["previews"]: the stage's seconds)
+    previews_failed: int = 0
+    preview_bytes: int = 0  # of the previews made
     segments: int = 0  # vectors in the current index version
     index_version: int | None = None
     published: bool = False
@@ -225,7 +231,8 @@ class Indexer:
         """Rank 0: clean up, check, discover, hash, plan, apply the cheap parts of the plan."""
         s = self.settings
         init_db(self.datadir.engine)
-        removed_tmp = remove_temporaries(self.datadir) + cache.remove_temporaries()
+        removed_tmp = (remove_temporaries(self.datadir) + cache.remove_temporaries()
+                       + remove_preview_temporaries(self.datadir.previews_dir))
         if removed_tmp:
             logger.info("removed %d leftovers of an interrupted run", removed_tmp)
         self.check_compatible(fingerprint, key)
@@ -391,13 +398,14 @@ class Indexer:
         timings["merge"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        result: PublishResult = publish(
-            self.datadir, cache, key=key, fingerprint=fingerprint, checkpoint=str(self.checkpoint_path),
+        publish_now = functools.partial(
+            publish, self.datadir, cache, key=key, fingerprint=fingerprint, checkpoint=str(self.checkpoint_path),
             model_config=model.config.to_dict(), dim=model.config.embed_dim, index_type=s.index_type,
             store_tokens=s.store_tokens, segment_seconds=s.segment_seconds, keep_versions=s.keep_versions,
             recall_target=s.recall_target, use_gpu=resolve_device(s.device).type == "cuda",
             exclude=set(plan.drop), precision=precision_name(autocast_dtype(resolve_device(s.device), s.precision)),
         )
+        result: PublishResult = publish_now()
         timings["publish"] = time.perf_counter() - t
 
         # only now, with the new version current, do rows and files of dropped videos go
@@ -414,9 +422,24 @@ class Indexer:
         for video_id in drop:
             if video_id not in live:
                 remove_thumbnails(self.datadir, video_id)
+                self.datadir.preview_path(video_id).unlink(missing_ok=True)
         cache.retain(live)
         cache.drop_other_keys()  # every remaining row has this key now; other caches are dead weight
         timings["cleanup"] = time.perf_counter() - t
+
+        # previews once search works with this run's videos; a version whose rows show them follows
+        t = time.perf_counter()
+        previews = update_previews(self.datadir, policy=s.previews, height=s.preview_height,
+                                   workers=default_num_workers() if s.num_workers is None else s.num_workers,
+                                   retry_failed=s.retry_failed)
+        timings["previews"] = time.perf_counter() - t
+        if previews.changed:
+            t, published = time.perf_counter(), result.published
+            result = publish_now()
+            result.published = result.published or published
+            timings["publish"] += time.perf_counter() - t
+        summary.previews_made, summary.previews_failed = previews.made, previews.failed
+        summary.preview_bytes = previews.bytes
 
         manifest = result.manifest
         summary.indexed = stats.written + summary.recovered  # written: all ranks

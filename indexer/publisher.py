@@ -23,8 +23,8 @@ import numpy as np
 
 from .cache import EmbeddingCache, fsync_dir
 from .catalog import IndexedVideo, mark_versions_deleted, next_version, record_version, segments_for_index
-from store.datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, ROW_COLUMNS, SEGMENTS_NAME, TOKENS_DIR, DataDir,
-                      IndexManifest, IndexNotFoundError, version_name)
+from store.datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, OPTIONAL_ROW_COLUMNS, ROW_COLUMNS, SEGMENTS_NAME,
+                           TOKENS_DIR, DataDir, IndexManifest, IndexNotFoundError, version_name)
 from .faiss_index import BuiltIndex, build_index, choose_index_type
 from store.lease import version_unleased
 
@@ -50,6 +50,7 @@ class IndexContent:
     thumbnail: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # bool (n,)
     video_paths: list[str] = field(default_factory=list)  # per video, as video_ids
     video_durations: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64 per video, NaN unknown
+    preview: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))  # bool (n,): its video has a preview
 
 
 @dataclass
@@ -98,6 +99,7 @@ def gather_content(datadir: DataDir, cache: EmbeddingCache, key: str, dim: int, 
         thumbnail=np.asarray([t for v in kept for t in v.thumbnails], dtype=bool),
         video_paths=[v.path for v in kept],
         video_durations=np.asarray([np.nan if v.duration_s is None else v.duration_s for v in kept], dtype=np.float64),
+        preview=np.asarray([v.preview for v in kept for _ in v.segment_ids], dtype=bool),
     )
 
 
@@ -106,15 +108,15 @@ def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: st
     """(the current version when its vectors are this content's, in the same order, else None; whether its
     rows are the same too).
 
-    Rows differ without new vectors when a video was renamed (same content, new path), or when the version
-    predates the row columns: then a new version reuses the current FAISS index instead of building one (the
-    same order matters there: `IndexSnapshot.vectors` reads the FAISS index by row position).
+    Rows differ without new vectors when a video was renamed (same content, new path) or got a preview, or
+    when the version predates a row column: then a new version reuses the current FAISS index instead of
+    building one (the same order matters there: `IndexSnapshot.vectors` reads the FAISS index by row position).
     """
     try:
         manifest = datadir.read_manifest()
         with np.load(datadir.version_dir(manifest.version) / SEGMENTS_NAME, allow_pickle=False) as data:
             current_ids = data["ids"]
-            current_rows = {name: data[name] for name in ROW_COLUMNS if name in data.files}
+            current_rows = {name: data[name] for name in ROW_COLUMNS + OPTIONAL_ROW_COLUMNS if name in data.files}
     except (IndexNotFoundError, OSError, KeyError, ValueError):
         return None, False
     wanted_type = choose_index_type(len(content.ids), index_type)
@@ -123,9 +125,10 @@ def _compare_current(datadir: DataDir, content: IndexContent, *, fingerprint: st
             and manifest.precision == precision and np.array_equal(current_ids, content.ids))
     if not same:
         return None, False
-    rows_same = (len(current_rows) == len(ROW_COLUMNS)
+    columns = ROW_COLUMNS + OPTIONAL_ROW_COLUMNS
+    rows_same = (len(current_rows) == len(columns)
                  and all(np.array_equal(current_rows[name], np.asarray(getattr(content, name)), equal_nan=
-                                        current_rows[name].dtype.kind == "f") for name in ROW_COLUMNS))
+                                        current_rows[name].dtype.kind == "f") for name in columns))
     return manifest.version, rows_same
 
 
@@ -228,7 +231,7 @@ def write_version(datadir: DataDir, cache: EmbeddingCache, manifest: IndexManife
         np.savez(f, ids=content.ids, video_pos=content.video_pos, seg_index=content.seg_index,
                  video_ids=_strings(content.video_ids), start_s=content.start_s, end_s=content.end_s,
                  thumbnail=content.thumbnail, video_paths=_strings(content.video_paths),
-                 video_durations=content.video_durations)
+                 video_durations=content.video_durations, preview=content.preview)
     if manifest.has_tokens:
         tokens = tmp / TOKENS_DIR
         tokens.mkdir()

@@ -44,6 +44,9 @@ class IndexSettings(SharedSettings):
     decoder: Optional[Literal["auto", "decord", "pyav"]] = None  # video decoder backend (auto: decord, else PyAV)
     progress: bool = True  # progress bar on stderr
     hash_threads: int = Field(4, ge=1)  # threads hashing new files
+    # browser previews (indexer.preview): auto for videos a browser cannot play, all, or off
+    previews: Literal["auto", "all", "off"] = "auto"
+    preview_height: int = Field(360, ge=16)  # preview height in pixels (never upscaled)
 
     @field_validator("videos_dir", "data_dir")
     @classmethod
@@ -105,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recall-target", type=float, help="recall@10 an approximate index is tuned to (0.95)")
     parser.add_argument("--decoder", choices=("auto", "decord", "pyav"), help="video decoder backend")
     parser.add_argument("--hash-threads", type=int, help="threads hashing new files (4)")
+    parser.add_argument("--previews", choices=("auto", "all", "off"),
+                        help="browser-playable MP4 previews: auto (of videos a browser cannot play), all, off")
+    parser.add_argument("--preview-height", type=int, help="preview height in pixels (360; never upscaled)")
     for flag, text in (("store-tokens", "store per-segment token features (fp16) for re-ranking and QA"),
                        ("prune", "drop videos whose files are gone"),
                        ("reindex", "re-embed everything (needed to change checkpoint or segmentation)"),

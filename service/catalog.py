@@ -14,7 +14,7 @@ from pathlib import Path
 from stat import S_ISREG
 from typing import Any, Iterable, Optional, Sequence
 
-from sqlalchemy import bindparam, func, inspect, select
+from sqlalchemy import bindparam, func, inspect, or_, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, NoSuchTableError
 
@@ -37,6 +37,7 @@ class SegmentRow:
     thumbnail: Optional[str]  # relative to the data dir
     path: str  # the video file
     duration_s: Optional[float]
+    preview: Optional[bool] = None  # a browser preview was made (None: not recorded here; look at the file)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,24 @@ class RowCache:
 
 
 VIDEO_FIELDS = ("id", "path", "size_bytes", "mtime", "duration_s", "fps", "width", "height", "num_frames",
-                "indexed_at", "checkpoint_fingerprint", "partial", "partial_reason")
+                "indexed_at", "checkpoint_fingerprint", "codec", "container", "partial", "partial_reason",
+                "preview_bytes")
+_SORT_COLUMNS = {"path": Video.path, "indexed_at": Video.indexed_at, "mtime": Video.mtime, "duration": Video.duration_s,
+                 "size": Video.size_bytes}
+
+
+@dataclass(frozen=True)
+class VideoListing:
+    """One page of videos: each video's columns (those the database has) and its segment and thumbnail counts."""
+
+    total: int
+    videos: list[dict[str, Any]]
+
+
+def path_condition(prefix: str) -> Any:
+    """SQL for `ranking.under_path(Video.path, prefix)`: the file or folder, by whole path components."""
+    folder = prefix.rstrip("/")
+    return or_(Video.path == folder, Video.path.startswith(folder + "/", autoescape=True))
 
 
 class Catalog:
@@ -284,6 +302,40 @@ class Catalog:
             segments = conn.execute(select(func.count()).select_from(Segment)).scalar_one()
             failures = conn.execute(select(func.count()).select_from(Failure)).scalar_one()
         return int(videos), int(segments), int(failures)
+
+    @_unavailable_on_db_error
+    def list_videos(self, *, offset: int, limit: int, sort: str, descending: bool, path_prefix: Optional[str],
+                    min_duration: Optional[float], max_duration: Optional[float]) -> VideoListing:
+        """A page of videos that pass the filters, ordered by `sort` (then id, so pages never overlap)."""
+        conditions = []
+        if path_prefix is not None:
+            conditions.append(path_condition(path_prefix))
+        if min_duration is not None:
+            conditions.append(Video.duration_s >= min_duration)
+        if max_duration is not None:
+            conditions.append(Video.duration_s <= max_duration)
+        counts = (select(Segment.video_id, func.count().label("segments"),
+                         func.count(Segment.thumbnail).label("thumbnails"))
+                  .group_by(Segment.video_id).subquery())
+        key = _SORT_COLUMNS[sort]
+        order = [key.desc(), Video.id.desc()] if descending else [key.asc(), Video.id.asc()]
+        stmt = (select(*self._present_video_columns(), counts.c.segments, counts.c.thumbnails)
+                .outerjoin(counts, counts.c.video_id == Video.id).where(*conditions)
+                .order_by(*order).offset(offset).limit(limit))
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(Video).where(*conditions)).scalar_one()
+            rows = [dict(row._mapping) for row in conn.execute(stmt)]
+        return VideoListing(int(total), rows)
+
+    @_unavailable_on_db_error
+    def failures(self, *, offset: int, limit: int) -> tuple[int, list[dict[str, Any]]]:
+        """(how many, a page of them newest first) of the files the indexer could not index."""
+        stmt = (select(Failure.path, Failure.reason, Failure.error_type, Failure.size_bytes, Failure.recorded_at)
+                .order_by(Failure.recorded_at.desc(), Failure.id.desc()).offset(offset).limit(limit))
+        with self.engine.connect() as conn:
+            total = conn.execute(select(func.count()).select_from(Failure)).scalar_one()
+            rows = [dict(row._mapping) for row in conn.execute(stmt)]
+        return int(total), rows
 
     @_unavailable_on_db_error
     def ping(self) -> None:

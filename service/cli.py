@@ -15,10 +15,6 @@ import sys
 from typing import Optional
 
 
-_FLAGS = {"data_dir": "--data-dir", "host": "--host", "port": "--port", "checkpoint": "--checkpoint",
-          "bert_config": "--bert-config", "qa_checkpoint": "--qa-checkpoint", "device": "--device"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alpro-serve", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -42,12 +38,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from settings import SettingsError, load_settings
+    from settings import SettingsError, demote_library_logs, load_settings
 
-    from .settings import Settings  # after logging is configured
+    demote_library_logs()  # before anything imports FAISS, whose loader logs its probing at INFO
+
+    from .settings import FLAGS, Settings  # after logging is configured
 
     try:
-        settings = load_settings(Settings, {name: getattr(args, name) for name in _FLAGS}, flags=_FLAGS)
+        settings = load_settings(Settings, {name: getattr(args, name) for name in FLAGS}, flags=FLAGS)
     except SettingsError as e:
         print(f"alpro-serve: invalid settings: {e}", file=sys.stderr)
         return 2

@@ -23,79 +23,29 @@ import numpy as np
 import torch
 
 from store.datadir import DataDir, IndexManifest, IndexRow, IndexSnapshot
-from model import AlproModel, Tokenizer, checkpoint_fingerprint, load_model
 from model.decode import VideoError
-from model.download import FetchError
-from model.hub import is_checkpoint_name, resolve_checkpoint
 from model.preprocess import load_video
 
 from . import schemas
 from .batching import ModelWorker
 from .cache import ByteLRU
 from .decoding import DecodePool
-from .catalog import Catalog, FileCheck, RowCache, SegmentRow, check_library_file
-from .errors import (DeadlineExceededError, IndexUnavailableError, InvalidRequestError, NotFoundError,
-                     OverloadedError, QANotConfiguredError, StartupError, UnavailableError, VideoFileChangedError,
-                     VideoFileMissingError, VideoNotFoundError, VideoOutsideLibraryError, VideoUndecodableError)
+from .catalog import Catalog, RowCache, SegmentRow
+from .errors import (DeadlineExceededError, IndexUnavailableError, InvalidRequestError, OverloadedError,
+                     QANotConfiguredError, StartupError, UnavailableError, VideoFileMissingError, VideoNotFoundError,
+                     VideoUndecodableError)
 from .index import IndexHolder, IndexLease, Selection
+from .library import Library, preview_url, segment_thumbnail_url, stream_url
 from .metrics import Metrics
+from .models import LoadedModel, load_checkpoint, manifest_checkpoint, not_there_yet
 from .ranking import Candidate, decode_cursor, encode_cursor, passes, query_key, to_cosine
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _VIDEO_BATCH = 8  # clips per video-encoder call when computing tokens for re-ranking
+MOMENT_HITS = 256  # how deep in the hits a result's further moments are looked for
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # an index's recorded precision
-
-
-# --------------------------------------------------------------------------------------------------
-# Models
-
-
-@dataclass
-class LoadedModel:
-    """A checkpoint ready to serve: the network on its device, its tokenizer and its fingerprint."""
-
-    model: AlproModel
-    tokenizer: Tokenizer
-    fingerprint: str
-    path: Path
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    def info(self) -> schemas.CheckpointInfo:
-        config = self.model.config
-        return schemas.CheckpointInfo(path=str(self.path), fingerprint=self.fingerprint, num_frames=config.num_frames,
-                                      answers=config.num_answers or None)
-
-
-def load_checkpoint(spec: str | Path, bert_config: Optional[Path], device: str,
-                    settings: Optional[Settings] = None) -> LoadedModel:
-    """Load a native directory, an official .pt (with its BERT config) or a released checkpoint by name
-    (fetched into ALPRO_HOME on first use) strictly, in eval mode."""
-    start = time.perf_counter()
-    try:
-        if settings is not None:
-            path = resolve_checkpoint(str(spec), home=settings.home, base_url=settings.checkpoint_url)
-        else:
-            path = Path(spec)
-        if not path.exists():
-            raise FileNotFoundError(path)
-        model = load_model(path, bert_config)
-    except FileNotFoundError as e:
-        raise StartupError(f"checkpoint not found: {spec}") from e
-    except FetchError as e:
-        raise StartupError(f"cannot fetch checkpoint {spec}: {e}") from e
-    except ValueError as e:  # CheckpointError, ConfigError: already name the bad key or value
-        raise StartupError(f"cannot load checkpoint {spec}: {e}") from e
-    fingerprint = checkpoint_fingerprint(model)  # of the weights as stored, before any device move
-    model = model.to(torch.device(device)).eval()
-    tokenizer = Tokenizer.from_config(model.config)
-    logger.info("loaded %s (fingerprint %s, %d frames, text length %d) on %s in %.1f s", path, fingerprint,
-                model.config.num_frames, tokenizer.max_length, device, time.perf_counter() - start)
-    return LoadedModel(model, tokenizer, fingerprint, Path(path))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -138,6 +88,7 @@ class Engine:
         self.metrics = metrics
         self.data_dir = data_dir
         self.catalog = Catalog(data_dir.engine)
+        self.library = Library(self.catalog, data_dir, self._db)
         self.row_cache = RowCache(settings.row_cache_size)
         self._row_hits = metrics.cache_lookups.labels("segment_rows", "hit")  # bound once: no label look-up a search
         self._row_misses = metrics.cache_lookups.labels("segment_rows", "miss")
@@ -178,14 +129,14 @@ class Engine:
             retrieval = None
             checkpoint = settings.checkpoint
             if checkpoint is None and snapshot is not None:
-                checkpoint = _manifest_checkpoint(snapshot.manifest, data_dir)
+                checkpoint = manifest_checkpoint(snapshot.manifest, data_dir)
             if checkpoint is not None:
                 retrieval = load_checkpoint(checkpoint, settings.bert_config, device, settings)
             else:
                 logger.warning("no index in %s yet and ALPRO_CHECKPOINT is unset: the model loads when an index "
                                "is published", settings.data_dir)
             qa = None
-            if settings.qa_checkpoint is not None and _not_there_yet(settings.qa_checkpoint):
+            if settings.qa_checkpoint is not None and not_there_yet(settings.qa_checkpoint):
                 logger.warning("ALPRO_QA_CHECKPOINT %s is not there yet: /qa answers 503 until it is (it loads "
                                "at the first question after it appears)", settings.qa_checkpoint)
             elif settings.qa_checkpoint is not None:
@@ -209,7 +160,7 @@ class Engine:
     def check_manifest(self, manifest: IndexManifest) -> None:
         """Raise StartupError unless the loaded retrieval checkpoint is the one that built this index version."""
         if self.retrieval is None:  # no checkpoint yet: take the one this index names
-            self.retrieval = load_checkpoint(_manifest_checkpoint(manifest, self.data_dir), self.settings.bert_config,
+            self.retrieval = load_checkpoint(manifest_checkpoint(manifest, self.data_dir), self.settings.bert_config,
                                              self.device)
         if self.retrieval.fingerprint != manifest.checkpoint_fingerprint:
             raise StartupError(
@@ -257,6 +208,7 @@ class Engine:
 
     async def start(self) -> None:
         self.worker.start()
+        await self._refresh_roots()
         if self.settings.warmup:
             await self.warm_up()
         self._watcher = asyncio.create_task(self.index.watch(self.settings.index_poll_s), name="index-watcher")
@@ -291,6 +243,7 @@ class Engine:
     async def stats(self) -> schemas.StatsResponse:
         videos, segments, failures = await self._db(self.catalog.counts)
         partial = await self._db(self.catalog.partial_count)
+        roots = await self._db(self.library.roots)
         manifest = self.index.manifest
         index = None
         if manifest is not None:
@@ -299,7 +252,8 @@ class Engine:
                 metric=manifest.metric, num_vectors=manifest.num_vectors, num_videos=manifest.num_videos,
                 has_tokens=bool(manifest.has_tokens), recall_at_10=manifest.recall_at_10)
         return schemas.StatsResponse(
-            videos=videos, segments=segments, failures=failures, partial=partial, index=index,
+            videos=videos, segments=segments, failures=failures, partial=partial, library_roots=list(roots),
+            index=index,
             index_error=self.index.error,
             checkpoint=self.retrieval.info() if self.retrieval else None,
             qa_checkpoint=self.qa.info() if self.qa else None, device=self.device,
@@ -356,7 +310,7 @@ class Engine:
         return out
 
     def _vtm_scores(self, query: str, video_tokens: list[torch.Tensor]) -> list[float]:
-        """VTM match logits of one query against n videos' token features."""
+        """VTM match probabilities, softmax(itm_logits)[1], of one query against n videos' token features."""
         loaded = self._require_retrieval()
         model = loaded.model
         with torch.inference_mode():
@@ -367,7 +321,7 @@ class Engine:
             video = torch.stack([t.to(loaded.device, dtype) for t in video_tokens])  # (n, 1 + N, D)
             n = video.shape[0]
             logits = model.vtm_logits_from_tokens(video, text.expand(n, -1, -1), mask.expand(n, -1))  # (n, 2)
-        return logits[:, 1].float().cpu().tolist()
+        return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().tolist()
 
     def _answer_probs(self, question: str, video_tokens: torch.Tensor, top_k: int) -> list[tuple[int, float]]:
         qa = self.qa
@@ -412,9 +366,10 @@ class Engine:
                     selection = None  # everything passes: the plain search, batched with unfiltered queries
             searchable = manifest.num_vectors if selection is None else selection.count
             candidates: list[Candidate] = []
+            hits: Optional[_Hits] = None
             if searchable:  # else nothing passes the filters
-                candidates = await self._videos(request, lease, selection, min(searchable, settings.max_fetch),
-                                                want, timer)
+                candidates, hits = await self._videos(request, lease, selection, min(searchable, settings.max_fetch),
+                                                      want, timer)
             reranked = 0
             if rerank_k and candidates:
                 t = time.perf_counter()
@@ -422,7 +377,11 @@ class Engine:
                     reranked = await self._rerank(request.query, candidates, rerank_k, lease)
                 timer.add("rerank", time.perf_counter() - t)
             version = lease.version
-        page = candidates[offset:end]
+            page = candidates[offset:end]
+            if hits is not None and page:
+                await self._moments(page, hits, lease, timer)
+        if self.library.roots_stale():
+            await self._refresh_roots()
         has_more = len(candidates) > end and end <= schemas.MAX_OFFSET
         for stage, seconds in timer.seconds.items():
             if stage != "rerank" or reranked:
@@ -437,7 +396,7 @@ class Engine:
                 db_ms=round(timings["db"] * 1000, 3), rerank_ms=round(timings["rerank"] * 1000, 3)))
 
     async def _videos(self, request: schemas.SearchRequest, lease: IndexLease, selection: Optional[Selection],
-                      limit: int, want: int, timer: _Timer) -> list[Candidate]:
+                      limit: int, want: int, timer: _Timer) -> tuple[list[Candidate], _Hits]:
         """Up to `want` videos at their best moment, best first, from at most `limit` FAISS hits."""
         k = min(limit, max(want * self.settings.overfetch, 16))
         hits: _Hits = await self.worker.submit(_Query(request.query, lease.snapshot, k, selection))
@@ -450,7 +409,7 @@ class Engine:
                                                 want, timer)
             exhausted = k >= limit or bool((hits.ids < 0).any())
             if len(candidates) >= want or exhausted:
-                return candidates
+                return candidates, hits
             k = min(limit, k * 4)  # grouping or filters dropped too many: fetch deeper
             t = time.perf_counter()
             scores, ids = await asyncio.to_thread(search, hits.embedding[None], k)
@@ -495,17 +454,57 @@ class Engine:
                     out.append(Candidate(row, float(cosines[i])))
         return out[:want]
 
+    async def _moments(self, page: list[Candidate], hits: _Hits, lease: IndexLease, timer: _Timer) -> None:
+        """Each result's best moments among the top hits (the hits its best moment came from), best first."""
+        snapshot = lease.snapshot
+        valid = hits.ids >= 0
+        ids = hits.ids[valid][:MOMENT_HITS].tolist()
+        cosines = to_cosine(hits.scores[valid][:MOMENT_HITS], lease.manifest.metric).tolist()
+        wanted = {c.row.video_id: c for c in page}
+        picked: list[tuple[Candidate, int, float]] = []
+        count: dict[str, int] = {}
+        for segment_id, cosine, (video_id, _) in zip(ids, cosines, snapshot.locate(ids)):
+            c = wanted.get(video_id)
+            if c is not None and count.get(video_id, 0) < schemas.MAX_MOMENTS:
+                count[video_id] = count.get(video_id, 0) + 1
+                picked.append((c, segment_id, cosine))
+        known = {c.row.segment_id: c.row for c in page}
+        missing = [segment_id for _, segment_id, _ in picked if segment_id not in known]
+        if missing and snapshot.has_rows:
+            known.update((info.segment_id, self._segment_row(info)) for info in snapshot.segment_rows(missing))
+        elif missing:  # a version without its rows: the row cache, then the database, as for the results
+            known.update(self.row_cache.get_many(snapshot.version, missing))
+            missing = [segment_id for segment_id in missing if segment_id not in known]
+            if missing:
+                t = time.perf_counter()
+                found = await self._db(self.catalog.segments, missing, observe=False)
+                timer.add("db", time.perf_counter() - t)
+                self.row_cache.put_many(snapshot.version, found.values())
+                known.update(found)
+        for c, segment_id, cosine in picked:
+            row = known.get(segment_id)
+            if row is not None:
+                c.moments.append(schemas.Moment(segment_index=row.index, start=row.start_s, end=row.end_s,
+                                                similarity=cosine))
+
+    async def _refresh_roots(self) -> None:
+        """Re-read the library folders (for relative paths) without failing a search when the database is down."""
+        try:
+            await self._db(self.library.roots, observe=False)
+        except UnavailableError:
+            pass  # relative paths fall back to file names until the database answers again
+
     async def _rerank(self, query: str, candidates: list[Candidate], rerank_k: int, lease: IndexLease) -> int:
-        """Re-order the top `rerank_k` candidates in place by VTM logit + cosine; returns how many were scored."""
+        """Re-order the top `rerank_k` candidates in place by VTM match probability; returns how many were scored."""
         top = candidates[:rerank_k]
         tokens = await self._segment_tokens(top, lease)
         scored = [i for i, t in enumerate(tokens) if t is not None]
         if scored:
-            logits = await self.worker.run(self._vtm_scores, query, [tokens[i] for i in scored])
-            for i, logit in zip(scored, logits):
-                top[i].vtm = float(logit)
+            probs = await self.worker.run(self._vtm_scores, query, [tokens[i] for i in scored])
+            for i, prob in zip(scored, probs):
+                top[i].vtm = float(prob)
         # candidates whose segment could not be decoded keep their order, after the re-ranked ones
-        ranked = sorted((c for c in top if c.vtm is not None), key=lambda c: c.score, reverse=True)
+        ranked = sorted((c for c in top if c.vtm is not None), key=lambda c: c.rerank_key, reverse=True)
         candidates[:rerank_k] = ranked + [c for c in top if c.vtm is None]
         return len(scored)
 
@@ -560,19 +559,18 @@ class Engine:
     def _segment_row(self, info: IndexRow) -> SegmentRow:
         thumbnail = self.data_dir.thumbnail_relpath(info.video_id, info.index) if info.has_thumbnail else None
         return SegmentRow(info.segment_id, info.video_id, info.index, info.start_s, info.end_s, thumbnail, info.path,
-                          info.duration_s)
+                          info.duration_s, info.preview)
 
     def _hit(self, c: Candidate) -> schemas.SearchHit:
         row = c.row  # validated construction (pydantic-core) costs 4 us a hit, model_construct (Python) 9
+        preview = row.preview if row.preview is not None else self.library.has_preview(row.video_id)
         return schemas.SearchHit(
-            video_id=row.video_id, path=row.path, name=os.path.basename(row.path), score=c.score, start=row.start_s,
-            end=row.end_s, segment_index=row.index, thumbnail_url=self._thumbnail_url(row),
-            stream_url=stream_url(row.video_id),
-            vtc_score=c.vtc, vtm_score=c.vtm)
-
-    @staticmethod
-    def _thumbnail_url(row: SegmentRow) -> Optional[str]:
-        return f"/videos/{row.video_id}/segments/{row.index}/thumbnail" if row.thumbnail else None
+            video_id=row.video_id, path=row.path, relative_path=self.library.relative(row.path),
+            name=os.path.basename(row.path), score=c.score, scored_by="vtc" if c.vtm is None else "vtm",
+            start=row.start_s, end=row.end_s, segment_index=row.index,
+            thumbnail_url=segment_thumbnail_url(row.video_id, row.index) if row.thumbnail else None,
+            stream_url=stream_url(row.video_id), preview_url=preview_url(row.video_id) if preview else None,
+            vtc_score=c.vtc, vtm_score=c.vtm, moments=c.moments)
 
     # --- QA
 
@@ -613,7 +611,7 @@ class Engine:
         if spec is None:
             raise QANotConfiguredError("question answering is not configured on this server: start it with "
                                        "ALPRO_QA_CHECKPOINT set to a QA checkpoint")
-        if _not_there_yet(spec):
+        if not_there_yet(spec):
             raise UnavailableError(f"the QA checkpoint {spec} is not there yet (fetch, import or train it; see "
                                    f"README, Deploy)", headers={"Retry-After": str(self.settings.retry_after_s)})
         async with self._qa_loading:
@@ -665,69 +663,6 @@ class Engine:
         self.metrics.cache_bytes.labels("qa_video_tokens").set(self.qa_cache.nbytes)
         return tokens
 
-    # --- videos and files
-
-    async def video(self, video_id: str) -> schemas.VideoDetail:
-        record = await self._db(self.catalog.video, video_id)
-        if record is None:
-            raise VideoNotFoundError(f"no video with id {video_id}")
-        segments = await self._db(self.catalog.video_segments, video_id)
-        fields = {k: v for k, v in record.items() if k in schemas.VideoDetail.model_fields}
-        thumb = next((self._thumbnail_url(s) for s in segments if s.thumbnail), None)
-        return schemas.VideoDetail(
-            **fields, video_id=video_id, name=Path(record["path"]).name, stream_url=stream_url(video_id),
-            thumbnail_url=f"/videos/{video_id}/thumbnail" if thumb else None,
-            segments=[schemas.SegmentInfo(index=s.index, start=s.start_s, end=s.end_s,
-                                          thumbnail_url=self._thumbnail_url(s)) for s in segments])
-
-    async def video_file(self, video_id: str) -> tuple[str, Path, os.stat_result]:
-        """(its name, resolved path, checked stat) of a video's file that may be streamed: inside a library folder
-        the indexer recorded and still the file it indexed (404 / 409 otherwise)."""
-        return await self._db(self._servable_file, video_id)
-
-    def _servable_file(self, video_id: str) -> tuple[str, Path, os.stat_result]:
-        record = self.catalog.video_file(video_id)
-        if record is None:
-            raise VideoNotFoundError(f"no video with id {video_id}")
-        found = check_library_file(record, self.catalog.library_roots())
-        if found.check is FileCheck.MISSING:
-            raise VideoFileMissingError(f"the file of video {video_id} is no longer on the server")
-        if found.check is FileCheck.NO_ROOTS:
-            raise VideoOutsideLibraryError(f"the file of video {video_id} is not served: this index records no video "
-                                           "library folder (it predates them); run alpro-index once to record it")
-        if found.check is FileCheck.OUTSIDE:
-            raise VideoOutsideLibraryError(f"the file of video {video_id} is not inside the indexed video library")
-        if found.check is FileCheck.CHANGED:
-            raise VideoFileChangedError(f"the file of video {video_id} changed since it was indexed (size or "
-                                        "modification time); running alpro-index picks it up")
-        assert found.path is not None and found.stat is not None
-        return os.path.basename(record.path), Path(found.path), found.stat
-
-    async def thumbnail_file(self, video_id: str, segment_index: Optional[int] = None) -> Path:
-        """A segment's thumbnail (the video's first with one when no index is given)."""
-        return await self._db(self._thumbnail_file, video_id, segment_index)
-
-    def _thumbnail_file(self, video_id: str, segment_index: Optional[int]) -> Path:
-        if segment_index is None:
-            if self.catalog.video_path(video_id) is None:
-                raise VideoNotFoundError(f"no video with id {video_id}")
-            rows = [s for s in self.catalog.video_segments(video_id) if s.thumbnail]
-            row = rows[0] if rows else None
-        else:
-            row = self.catalog.segment(video_id, segment_index)
-            if row is None:
-                if self.catalog.video_path(video_id) is None:
-                    raise VideoNotFoundError(f"no video with id {video_id}")
-                raise NotFoundError(f"video {video_id} has no segment {segment_index}")
-        if row is None or not row.thumbnail:
-            raise NotFoundError(f"video {video_id} has no thumbnail" +
-                                (f" for segment {segment_index}" if segment_index is not None else ""))
-        root = self.data_dir.root.resolve()
-        path = (root / row.thumbnail).resolve()
-        if not path.is_relative_to(root) or not path.is_file():  # the DB names files inside the data dir only
-            raise NotFoundError(f"the thumbnail of video {video_id} segment {row.index} is missing")
-        return path
-
     # --- helpers
 
     def _require_retrieval(self) -> LoadedModel:
@@ -743,20 +678,3 @@ class Engine:
         finally:
             if observe:
                 self.metrics.observe_stage("db", time.perf_counter() - t)
-
-
-def stream_url(video_id: str) -> str:
-    return f"/videos/{video_id}/stream"
-
-
-def _not_there_yet(spec: str) -> bool:
-    """A checkpoint path that does not exist (yet), as opposed to a released checkpoint's name."""
-    return not Path(spec).expanduser().exists() and not is_checkpoint_name(spec)
-
-
-def _manifest_checkpoint(manifest: IndexManifest, data_dir: DataDir) -> Path:
-    """The checkpoint an index records; a relative path is taken relative to the data dir first."""
-    path = Path(manifest.checkpoint)
-    if not path.is_absolute() and (data_dir.root / path).exists():
-        return data_dir.root / path
-    return path

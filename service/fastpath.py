@@ -6,9 +6,11 @@ overhead budget. This ASGI middleware answers a /search whose JSON body is withi
 as a `SearchRequest`, carries the right API key (or none is configured) and needs no CORS handling, by
 calling the engine directly; the key is checked by `deps.api_key_accepted`, the route dependency's own
 function, so both paths accept and refuse the same requests. Everything else (a body that does not validate,
-a missing or wrong key, an Origin header with CORS on, a too large body) goes on to the FastAPI route, which
-stays the one the OpenAPI schema documents and produces every error response; errors the engine raises are
-rendered by the same function the app's exception handler uses.
+a missing or wrong key, an Origin header with CORS on, a too large body, a Content-Type other than
+application/json, malformed JSON) goes on to the FastAPI route, which stays the one the OpenAPI schema
+documents and produces every error response (so the 415 and the 422 `invalid_json` that names the position
+are the route's, whichever path a request took); errors the engine raises are rendered by the same function
+the app's exception handler uses.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
@@ -21,11 +21,18 @@ class Candidate:
 
     row: SegmentRow
     vtc: float  # cosine similarity
-    vtm: Optional[float] = None  # VTM match logit, once re-ranked
+    vtm: Optional[float] = None  # VTM match probability, once re-ranked
+    moments: list = field(default_factory=list)  # schemas.Moment of this video among the hits, best first
 
     @property
     def score(self) -> float:
-        return self.vtc if self.vtm is None else self.vtm + self.vtc
+        """Relevance in [0, 1]: the VTM match probability where re-ranked, else (1 + cosine) / 2."""
+        return self.vtm if self.vtm is not None else (1.0 + self.vtc) / 2.0
+
+    @property
+    def rerank_key(self) -> tuple[float, float]:
+        # ALPRO's retrieval scores a pair by softmax(itm_logits)[1] alone; the cosine only breaks ties
+        return (self.vtm if self.vtm is not None else -1.0, self.vtc)
 
 
 def to_cosine(scores: np.ndarray, metric: str) -> np.ndarray:

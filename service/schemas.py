@@ -69,18 +69,40 @@ class SearchRequest(_Request):
         return self
 
 
+MAX_MOMENTS = 5  # moments of one video a search result lists
+
+
+class Moment(BaseModel):
+    """A segment of a result's video that matches the query, for markers on the player's timeline."""
+
+    segment_index: int
+    start: float = Field(description="seconds")
+    end: float = Field(description="seconds")
+    similarity: float = Field(description="cosine similarity of the query and this moment, -1 to 1")
+
+
 class SearchHit(BaseModel):
     video_id: str
-    path: str = Field(description="the video file on the server")
+    path: str = Field(description="the video file on the server (absolute)")
+    relative_path: str = Field(description="the file relative to the library folder that holds it (its name "
+                               "where no recorded library folder holds it)")
     name: str = Field(description="the file name")
-    score: float = Field(description="cosine similarity, or VTM logit + cosine where re-ranked")
+    score: float = Field(description="relevance from 0 to 1, the key the results are ordered by: for a re-ranked "
+                         "result (`scored_by` \"vtm\") the VTM match probability, softmax(itm_logits)[1] as in "
+                         "ALPRO's retrieval; otherwise (1 + cosine similarity) / 2. Re-ranked results come first")
+    scored_by: Literal["vtc", "vtm"] = Field(description="which score `score` is: \"vtm\" re-ranked (match "
+                                             "probability), \"vtc\" embedding similarity")
     start: float = Field(description="moment start, seconds")
     end: float = Field(description="moment end, seconds")
     segment_index: int
     thumbnail_url: Optional[str]
-    stream_url: str
-    vtc_score: float = Field(description="cosine similarity of the query and the moment")
-    vtm_score: Optional[float] = Field(None, description="VTM match logit, where re-ranked")
+    stream_url: str = Field(description="the original file (HTTP range requests)")
+    preview_url: Optional[str] = Field(None, description="a browser-playable H.264/AAC MP4 of the whole video, "
+                                       "made at index time for files browsers cannot play; null where none")
+    vtc_score: float = Field(description="cosine similarity of the query and the moment, -1 to 1")
+    vtm_score: Optional[float] = Field(None, description="VTM match probability, 0 to 1, where re-ranked")
+    moments: list[Moment] = Field(default_factory=list, description=f"up to {MAX_MOMENTS} moments of this video "
+                                  "among the hits, best first (the first is `start`..`end`)")
 
 
 class StageTimings(BaseModel):
@@ -130,7 +152,11 @@ class SegmentInfo(BaseModel):
 class VideoDetail(BaseModel):
     video_id: str
     path: str
+    relative_path: str = Field(description="relative to the library folder that holds it")
     name: str
+    codec: Optional[str] = Field(None, description="video codec, as FFmpeg names it")
+    container: Optional[str] = Field(None, description="container format, as FFmpeg names it")
+    preview_url: Optional[str] = Field(None, description="a browser-playable MP4 of the video, where one was made")
     size_bytes: Optional[int] = None
     mtime: Optional[float] = None
     duration_s: Optional[float] = None
@@ -147,6 +173,58 @@ class VideoDetail(BaseModel):
     stream_url: str
     thumbnail_url: Optional[str]
     segments: list[SegmentInfo]
+
+
+VideoSort = Literal["path", "indexed_at", "mtime", "duration", "size"]
+MAX_PAGE_LIMIT = 200  # videos or failures per page of a listing
+MAX_LIST_OFFSET = 10_000_000
+
+
+class VideoSummary(BaseModel):
+    """A video in a listing (`GET /videos/{id}` has its segments)."""
+
+    video_id: str
+    path: str
+    relative_path: str
+    name: str
+    size_bytes: Optional[int] = None
+    mtime: Optional[float] = Field(None, description="the file's modification time, seconds since the epoch")
+    duration_s: Optional[float] = None
+    width: Optional[int] = None
+    height: Optional[int] = None
+    codec: Optional[str] = None
+    indexed_at: Optional[datetime] = None
+    partial: Optional[bool] = None
+    segments: int = Field(description="moments indexed")
+    thumbnail_url: Optional[str]
+    stream_url: str
+    preview_url: Optional[str] = None
+
+
+class VideoPage(BaseModel):
+    total: int = Field(description="videos that pass the filters")
+    offset: int
+    limit: int
+    videos: list[VideoSummary]
+
+
+class FailureInfo(BaseModel):
+    """A file the indexer could not index, the last time it tried."""
+
+    path: str
+    relative_path: str
+    name: str
+    reason: str
+    error_type: str
+    size_bytes: Optional[int] = None
+    recorded_at: Optional[datetime] = None
+
+
+class FailurePage(BaseModel):
+    total: int
+    offset: int
+    limit: int
+    failures: list[FailureInfo]
 
 
 class IndexInfo(BaseModel):
@@ -172,6 +250,8 @@ class StatsResponse(BaseModel):
     segments: int
     failures: int
     partial: int = Field(0, description="videos that decode only in part (indexed over the span that does)")
+    library_roots: list[str] = Field(default_factory=list, description="the video folders the indexer walked "
+                                     "(`path_prefix` filters take paths below them)")
     index: Optional[IndexInfo]
     index_error: Optional[str] = Field(None, description="why the newest published version is not served")
     checkpoint: Optional[CheckpointInfo]
@@ -193,6 +273,8 @@ class ReadyResponse(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: str = Field(description="a stable machine-readable code")
+    """The body of every 4xx and 5xx response: `{"error", "message"}`, plus `detail` on a 422 and only there."""
+
+    error: str = Field(description="a stable machine-readable code (e.g. `invalid_json`, `video_not_found`)")
     message: str = Field(description="what went wrong, for people")
-    detail: Optional[list[dict]] = Field(None, description="per-field problems of a 422")
+    detail: Optional[list[dict]] = Field(None, description="422 only: each problem as {loc, msg, type}")

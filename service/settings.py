@@ -13,9 +13,13 @@ from typing import Annotated, Any, Optional
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import NoDecode
 
-from settings import SharedSettings
+from settings import SharedSettings, flag_and_variable
 
 from . import schemas
+
+# flag of `alpro-serve` for each field that has one (the rest are ALPRO_* variables only)
+FLAGS = {"data_dir": "--data-dir", "host": "--host", "port": "--port", "checkpoint": "--checkpoint",
+         "bert_config": "--bert-config", "qa_checkpoint": "--qa-checkpoint", "device": "--device"}
 
 
 class Settings(SharedSettings):
@@ -92,6 +96,18 @@ class Settings(SharedSettings):
         return value.resolve()
 
     @model_validator(mode="after")
+    def _checkpoint_exists(self) -> "Settings":
+        # checked here, so a typo stops alpro-serve at once with exit code 2 (as the indexer's settings do),
+        # not after the server started and the lifespan failed; a released name is fetched at start-up. (A QA
+        # checkpoint may appear later: /qa answers 503 until it does.)
+        if self.checkpoint is not None and not Path(self.checkpoint).expanduser().exists():
+            from model.hub import is_checkpoint_name
+
+            if not is_checkpoint_name(self.checkpoint):
+                raise ValueError(checkpoint_not_found(self.checkpoint, "checkpoint"))
+        return self
+
+    @model_validator(mode="after")
     def _api_key_not_blank(self) -> "Settings":
         if self.api_key is not None and not self.api_key.get_secret_value().strip():
             raise ValueError("ALPRO_API_KEY is set but blank; unset it (or leave it empty) to turn the key off")
@@ -114,3 +130,9 @@ class Settings(SharedSettings):
         # a GPU encodes 32 queries in about the time of one, so a short wait pays; a CPU does not gain
         # from waiting (queries that queued up meanwhile are still batched)
         return 0.002 if self.resolved_device.startswith("cuda") else 0.0
+
+
+def checkpoint_not_found(spec: object, field: Optional[str] = None) -> str:
+    """`checkpoint not found: PATH (--checkpoint / ALPRO_CHECKPOINT)`: the setting that named it, when one did."""
+    source = f" ({flag_and_variable(field, FLAGS)})" if field else ""
+    return f"checkpoint not found: {spec}{source}"

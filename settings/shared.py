@@ -16,6 +16,8 @@ from typing import Any, Mapping, Optional, TypeVar
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from .logs import demote_library_logs
+
 ENV_PREFIX = "ALPRO_"
 # The ALPRO release's checkpoints as LAVIS hosts them, one file each (model.hub names the files).
 DEFAULT_CHECKPOINT_URL = "https://storage.googleapis.com/sfr-vision-language-research/LAVIS/models/ALPRO"
@@ -36,6 +38,12 @@ def default_home() -> Path:
 
 def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
+
+
+def flag_and_variable(field_name: str, flags: Optional[Mapping[str, str]] = None) -> str:
+    """How a user sets a field: `--checkpoint / ALPRO_CHECKPOINT`, or the variable alone if it has no flag."""
+    flag = (flags or {}).get(field_name)
+    return f"{flag} / {env_name(field_name)}" if flag else env_name(field_name)
 
 
 class SharedSettings(BaseSettings):
@@ -108,6 +116,9 @@ def load_settings(cls: type[S], values: Optional[Mapping[str, Any]] = None, *,
 
     `flags` maps field names to the flag that sets them (`--data-dir`), so an error can name both.
     """
+    # every program builds its settings here first thing, so its logging is tidied here too, before the
+    # heavy imports (FAISS among them) that the settings decide about
+    demote_library_logs()
     given = {k: v for k, v in (values or {}).items() if v is not None}
     try:
         return cls(**given)

@@ -1,4 +1,4 @@
-"""The data directory: published index versions, thumbnails and metadata, and their read API.
+"""The data directory: published index versions, thumbnails, previews and metadata, and their read API.
 
 Layout (the contract the service reads; the indexer is the only writer):
 
@@ -13,10 +13,16 @@ Layout (the contract the service reads; the indexer is the only writer):
                                          and a copy of the rows a search result shows: start_s, end_s
                                          (float64), thumbnail (bool) per vector, video_paths (str),
                                          video_durations (float64, NaN unknown) per video (versions
-                                         written before these columns lack them: readers use the DB)
+                                         written before these columns lack them: readers use the DB);
+                                         preview (bool) per vector: its video has a preview file (False
+                                         where a version predates the column)
         tokens/<video_id>.npy            with --store-tokens: (S, 1+N, D) float16 per video (hard links
                                          to the indexer's cache, so a version costs no copy)
       thumbnails/<video_id>/<i>.jpg      middle frame of segment i
+      previews/<id[:2]>/<video_id>.mp4   the whole video as H.264/AAC MP4 (360 px high or less, faststart)
+                                         where a browser cannot play the original (or --previews all);
+                                         present where videos.preview_bytes is set (written to a temp name,
+                                         fsynced, renamed); second t of it is second t of the segments
       cache/<pipeline key>/..            per-video embeddings for incremental runs (indexer only)
       indexer.lock                       held by a running indexer (POSIX lock; dies with the process)
 
@@ -55,6 +61,7 @@ FAISS_NAME = "segments.faiss"
 SEGMENTS_NAME = "segments.npz"
 TOKENS_DIR = "tokens"
 THUMBNAILS_DIR = "thumbnails"
+PREVIEWS_DIR = "previews"
 CACHE_DIR = "cache"
 LOCK_NAME = "indexer.lock"
 MANIFEST_FORMAT = 1
@@ -157,6 +164,8 @@ def _preprocess_of(model_config: Mapping[str, Any]) -> dict:
 
 # segments.npz columns that copy the rows a search result shows (versions written before them lack them)
 ROW_COLUMNS = ("start_s", "end_s", "thumbnail", "video_paths", "video_durations")
+# segments.npz row columns added later: a version without one reads as all False
+OPTIONAL_ROW_COLUMNS = ("preview",)
 
 
 class IndexRow(NamedTuple):
@@ -171,6 +180,7 @@ class IndexRow(NamedTuple):
     has_thumbnail: bool
     path: str
     duration_s: float | None
+    preview: bool = False  # DataDir.preview_path(video_id) exists: play it instead of the original
 
 
 @dataclass
@@ -180,15 +190,18 @@ class _RowTable:
     thumbnail: np.ndarray  # bool (n,)
     paths: list[str]  # per video
     durations: list[float | None]  # per video
+    preview: np.ndarray  # bool (n,)
 
     @classmethod
     def load(cls, data: Any, num_vectors: int, num_videos: int) -> "_RowTable | None":
         if not all(name in data.files for name in ROW_COLUMNS):
             return None  # a version from before the row columns
+        preview = data["preview"].astype(bool) if "preview" in data.files else np.zeros(num_vectors, bool)
         table = cls(data["start_s"].astype(np.float64), data["end_s"].astype(np.float64),
                     data["thumbnail"].astype(bool), [str(p) for p in data["video_paths"]],
-                    [None if np.isnan(d) else float(d) for d in data["video_durations"].astype(np.float64)])
-        if not len(table.start_s) == len(table.end_s) == len(table.thumbnail) == num_vectors or \
+                    [None if np.isnan(d) else float(d) for d in data["video_durations"].astype(np.float64)],
+                    preview)
+        if not len(table.start_s) == len(table.end_s) == len(table.thumbnail) == len(preview) == num_vectors or \
                 not len(table.paths) == len(table.durations) == num_videos:
             raise ValueError("segment row columns do not match the vector count or the video count")
         return table
@@ -328,10 +341,11 @@ class IndexSnapshot:
         rows = self._rows(segment_ids)
         video_pos = self._video_pos[rows].tolist()
         return [IndexRow(segment_id, self._video_ids[v], index, start, end, thumbnail, table.paths[v],
-                            table.durations[v])
-                for segment_id, v, index, start, end, thumbnail in zip(
+                         table.durations[v], preview)
+                for segment_id, v, index, start, end, thumbnail, preview in zip(
                     np.asarray(segment_ids, dtype=np.int64).tolist(), video_pos, self._seg_index[rows].tolist(),
-                    table.start_s[rows].tolist(), table.end_s[rows].tolist(), table.thumbnail[rows].tolist())]
+                    table.start_s[rows].tolist(), table.end_s[rows].tolist(), table.thumbnail[rows].tolist(),
+                    table.preview[rows].tolist())]
 
     def vectors(self, segment_ids: Sequence[int]) -> np.ndarray:
         """(n, dim) float32 stored vectors of these segments."""
@@ -439,6 +453,17 @@ class DataDir:
     def thumbnail_path(self, video_id: str, segment_index: int) -> Path:
         return self.root / self.thumbnail_relpath(video_id, segment_index)
 
+    @property
+    def previews_dir(self) -> Path:
+        return self.root / PREVIEWS_DIR
+
+    def preview_relpath(self, video_id: str) -> str:
+        return f"{PREVIEWS_DIR}/{video_id[:2]}/{video_id}.mp4"
+
+    def preview_path(self, video_id: str) -> Path:
+        """Where a video's browser preview is (exists where `Video.preview_bytes` or `IndexRow.preview` says)."""
+        return self.root / self.preview_relpath(video_id)
+
     # --- database --------------------------------------------------------------------------------
 
     @property
@@ -521,5 +546,6 @@ def default_database_url(root: Path) -> str:
     return f"sqlite:///{root / DATABASE_NAME}"
 
 
-__all__ = ["ROW_COLUMNS", "DataDir", "IndexManifest", "IndexMismatchError", "IndexNotFoundError", "IndexRow",
-           "IndexSnapshot", "apply_search_params", "configure_faiss", "parse_version_name", "version_name"]
+__all__ = ["OPTIONAL_ROW_COLUMNS", "ROW_COLUMNS", "DataDir", "IndexManifest", "IndexMismatchError",
+           "IndexNotFoundError", "IndexRow", "IndexSnapshot", "apply_search_params", "configure_faiss",
+           "parse_version_name", "version_name"]

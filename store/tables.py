@@ -20,6 +20,7 @@ from sqlalchemy import (BigInteger, Boolean, DateTime, Engine, Float, ForeignKey
                         UniqueConstraint, create_engine, event, inspect)
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.schema import CreateColumn
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,14 @@ class Video(Base):
     # NULL where indexed before this was recorded (older databases gain the columns in `init_db`)
     partial: Mapped[Optional[bool]] = mapped_column(Boolean, nullable=True)
     partial_reason: Mapped[Optional[str]] = mapped_column(Text, nullable=True)  # "decodable to 12.4 s of 30.0 s: .."
+    # Browser previews (indexer.preview; the file is DataDir.preview_path(id)). `container`: FFmpeg's format
+    # name of the file ("avi", "mov,mp4,m4a,3gp,3g2,mj2"; "" until probed); `playable`: a browser plays the
+    # original (NULL until probed); `preview_bytes`: the preview's size, NULL where there is none (the
+    # original plays, previews were off, or making one failed: `preview_error` says why)
+    container: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    playable: Mapped[Optional[bool]] = mapped_column(Boolean, nullable=True)
+    preview_bytes: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    preview_error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
 
     segments: Mapped[list["Segment"]] = relationship(
         back_populates="video", cascade="all, delete-orphan", passive_deletes=True, order_by="Segment.index"
@@ -177,17 +186,19 @@ def create_engine_for(url: str, *, create: bool = True) -> Engine:
     return engine
 
 
-# Columns added to existing tables after their first release, all nullable: `create_all` makes only missing
-# tables, so a database made before gains these in `init_db`.
-ADDED_COLUMNS: dict[str, tuple[str, ...]] = {"videos": ("partial", "partial_reason")}
+# Columns added to existing tables after their first release, each nullable or with a server default:
+# `create_all` makes only missing tables, so a database made before gains these in `init_db`.
+ADDED_COLUMNS: dict[str, tuple[str, ...]] = {
+    "videos": ("partial", "partial_reason", "container", "playable", "preview_bytes", "preview_error"),
+}
 
 
 def init_db(engine: Engine) -> None:
     """Create missing tables; on SQLite switch to WAL so the service reads while the indexer writes.
 
-    Tables are added, and columns only added (nullable, ADDED_COLUMNS), never altered, so creating the
-    missing tables and columns is the whole migration: a database from before `library_roots` or
-    `videos.partial` gets them on the indexer's next run.
+    Tables are added, and columns only added (nullable or with a default, ADDED_COLUMNS), never altered, so
+    creating the missing tables and columns is the whole migration: a database from before `library_roots`,
+    `videos.partial` or `videos.preview_bytes` gets them on the indexer's next run.
     """
     if engine.dialect.name == "sqlite":
         with engine.connect() as conn:
@@ -198,21 +209,24 @@ def init_db(engine: Engine) -> None:
 
 def add_missing_columns(engine: Engine) -> list[str]:
     """ALTER TABLE ... ADD COLUMN for each of ADDED_COLUMNS its table lacks (portable DDL: SQLite and
-    PostgreSQL); returns the "table.column" names added."""
+    PostgreSQL; a NOT NULL column comes with its default, so existing rows take it); returns the
+    "table.column" names added."""
     added = []
     preparer = engine.dialect.identifier_preparer
     for table_name, names in ADDED_COLUMNS.items():
         table = Base.metadata.tables[table_name]
         for name in names:
             column = table.c[name]
-            assert column.nullable, f"{table_name}.{name}: an added column must be nullable"
+            assert column.nullable or column.server_default is not None, \
+                f"{table_name}.{name}: an added column must be nullable or have a server default"
             with engine.begin() as conn:
                 if engine.dialect.name == "postgresql":  # another process adding it at the same time waits here
                     conn.exec_driver_sql(f"LOCK TABLE {preparer.quote(table_name)} IN SHARE ROW EXCLUSIVE MODE")
                 if name in {c["name"] for c in inspect(conn).get_columns(table_name)}:
                     continue
-                conn.exec_driver_sql(f"ALTER TABLE {preparer.quote(table_name)} ADD COLUMN {preparer.quote(name)} "
-                                     f"{column.type.compile(dialect=engine.dialect)}")
+                # the column as CREATE TABLE spells it: name, type, DEFAULT, NOT NULL
+                spec = CreateColumn(column).compile(dialect=engine.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {preparer.quote(table_name)} ADD COLUMN {spec}")
             added.append(f"{table_name}.{name}")
     if added:
         logger.info("added columns to an older metadata database: %s", ", ".join(added))

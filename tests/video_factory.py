@@ -3,7 +3,8 @@
 Every frame carries its own index as a 4 x 4 grid of black/white cells (bit k of the index in cell k,
 row-major). The cells are large and only their centres are read back, so the code survives lossy
 codecs, chroma subsampling and any resize to a square (the cells keep their relative position).
-Broken files (empty, truncated, text renamed .mp4, garbage) are written here too.
+Broken files (empty, truncated, text renamed .mp4, garbage) are written here too; videos optionally get a
+sine-tone audio track (`audio=`) or video time stamps that start late (`start_s=`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,14 @@ CODECS: dict[str, tuple[str, str, str, dict[str, str]]] = {
     "vp9": (".webm", "libvpx-vp9", "yuv420p", {"deadline": "realtime", "cpu-used": "8", "crf": "20", "b": "0"}),
     "mpeg4": (".avi", "mpeg4", "yuv420p", {"qscale": "2"}),
     "av1": (".mp4", "libsvtav1", "yuv420p", {"preset": "12", "crf": "30"}),
+    # browsers other than Safari cannot play these: the indexer makes previews of them
+    "hevc": (".mp4", "libx265", "yuv420p", {"preset": "ultrafast", "crf": "28", "x265-params": "log-level=error"}),
+    "mpeg2": (".mpg", "mpeg2video", "yuv420p", {"qscale": "2"}),
+    "wmv": (".wmv", "wmv2", "yuv420p", {"qscale": "2"}),
+    "prores": (".mov", "prores_ks", "yuv422p10le", {"profile": "0"}),
 }
+AUDIO_RATE = 48000  # every audio encoder below takes it (libopus takes only 48/24/16/12/8 kHz)
+TONE_HZ = 440.0
 
 
 def coded_frame(index: int, width: int, height: int) -> np.ndarray:
@@ -60,8 +68,17 @@ def write_video(
     frames: np.ndarray | None = None,
     faststart: bool = False,
     gop: int | None = None,
+    audio: str | None = None,
+    start_s: float = 0.0,
 ) -> Path:
-    """Encode a real video; frames are index-coded unless given as uint8 (T, H, W, 3) RGB."""
+    """Encode a real video; frames are index-coded unless given as uint8 (T, H, W, 3) RGB.
+
+    `audio` adds a stereo 440 Hz sine track as long as the video, made by that PyAV encoder ("aac", "mp3",
+    "libopus", "pcm_s16le", "flac"; the container must take it: pcm_s16le goes in .avi/.mov/.mkv, not .mp4).
+    `start_s` delays the video's time stamps (the audio still starts at 0), as in a recording cut from a
+    broadcast: the streams' start_time then differs from 0 and from each other (.mp4/.mkv/.ts; AVI has no
+    time stamps to delay).
+    """
     _, encoder, pix_fmt, options = CODECS[codec]
     container_options = {"movflags": "faststart"} if faststart else {}
     with av.open(str(path), mode="w", options=container_options) as container:
@@ -70,14 +87,37 @@ def write_video(
         stream.options = dict(options)
         if gop is not None:
             stream.codec_context.gop_size = gop
+        sound = container.add_stream(audio, rate=AUDIO_RATE, layout="stereo") if audio else None
+        samples = 0  # audio samples written so far
         for i in range(num_frames):
             rgb = frames[i] if frames is not None else coded_frame(i, width, height)
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            if start_s:
+                frame.pts, frame.time_base = round(start_s * fps) + i, Fraction(1, fps)
             for packet in stream.encode(frame):
                 container.mux(packet)
+            if sound is not None:  # the audio up to the end of this frame: the muxer gets both interleaved
+                end = (i + 1) * AUDIO_RATE // fps
+                _encode_tone(container, sound, samples, end)
+                samples = end
         for packet in stream.encode():
             container.mux(packet)
+        if sound is not None:
+            for packet in sound.encode():
+                container.mux(packet)
     return path
+
+
+def _encode_tone(container: av.container.OutputContainer, stream: av.audio.AudioStream, start: int, end: int) -> None:
+    """Samples [start, end) of the sine tone (PyAV re-frames them to the encoder's frame size)."""
+    if end <= start:
+        return
+    t = np.arange(start, end, dtype=np.float64) / AUDIO_RATE
+    wave = (0.3 * np.sin(2 * np.pi * TONE_HZ * t)).astype(np.float32)
+    frame = av.AudioFrame.from_ndarray(np.stack([wave, wave]), format="fltp", layout="stereo")
+    frame.sample_rate, frame.pts, frame.time_base = AUDIO_RATE, start, Fraction(1, AUDIO_RATE)
+    for packet in stream.encode(frame):
+        container.mux(packet)
 
 
 def solid_frames(colors: list[tuple[int, int, int]], width: int = 64, height: int = 64) -> np.ndarray:

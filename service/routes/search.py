@@ -10,7 +10,7 @@ from ..schemas import QARequest, QAResponse, SearchRequest, SearchResponse
 router = APIRouter(tags=["search"])
 
 
-@router.post("/search", response_model=SearchResponse, responses=error_responses(401, 413, 422, 503))
+@router.post("/search", response_model=SearchResponse, responses=error_responses(401, 413, 415, 422, 503))
 async def search(body: SearchRequest, engine: EngineDep) -> Response:
     """Videos matching a text query, each at its best moment; optional VTM re-ranking, filters, pages."""
     result = await engine.search(body)
@@ -18,7 +18,7 @@ async def search(body: SearchRequest, engine: EngineDep) -> Response:
     return Response(result.model_dump_json(), media_type="application/json")
 
 
-@router.post("/qa", response_model=QAResponse, responses=error_responses(401, 404, 413, 422, 501, 503))
+@router.post("/qa", response_model=QAResponse, responses=error_responses(401, 404, 413, 415, 422, 501, 503))
 async def answer(body: QARequest, engine: EngineDep) -> QAResponse:
     """Answers to a question about one video, best first (501 when no QA checkpoint is configured)."""
     return await engine.answer(body)

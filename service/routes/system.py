@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from ..deps import EngineDep, error_responses
+from ..errors import error_body
 from ..schemas import HealthResponse, ReadyResponse, StatsResponse
 
 health_router = APIRouter(tags=["health"])
@@ -26,7 +27,10 @@ async def readyz(request: Request) -> JSONResponse:
         body = ReadyResponse(ready=False, model=False, index_version=None, qa=False, reason="starting up")
     else:
         body = engine.readiness()
-    return JSONResponse(body.model_dump(), status_code=200 if body.ready else 503)
+    if body.ready:
+        return JSONResponse(body.model_dump())
+    # a 503 like any other: the error format beside the readiness fields (Retry-After: ErrorBodyMiddleware)
+    return JSONResponse({**body.model_dump(), **error_body("not_ready", body.reason or "not ready")}, status_code=503)
 
 
 @router.get("/stats", response_model=StatsResponse, responses=error_responses(401, 503))

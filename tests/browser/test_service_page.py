@@ -70,7 +70,7 @@ def test_search_play_and_ask(browser, service_env, tmp_path):
                           ".every(img => img.complete && img.naturalWidth > 0)", what="thumbnails loaded")
         names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .card .name")]
         assert sorted(names) == ["blue.mp4", "green.mp4", "red.mp4", "yellow.mp4"]
-        assert all(e.text.startswith("score ") for e in browser.find_elements(By.CSS_SELECTOR, ".card .score"))
+        assert all(e.text.startswith("similarity ") for e in browser.find_elements(By.CSS_SELECTOR, "#results .card .score"))
         shot = Path(os.environ.get("ALPRO_SCREENSHOT_DIR", tmp_path))
         shot.mkdir(parents=True, exist_ok=True)
         browser.save_screenshot(str(shot / "search.png"))

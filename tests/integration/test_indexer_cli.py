@@ -41,7 +41,10 @@ def test_counts_and_failures(indexed) -> None:
     assert summary["skipped"] == 2  # readme.txt and meta.json; .hidden.mp4 is not even looked at
     assert summary["unchanged"] == 0 and summary["removed"] == 0
     assert summary["segments"] == len(GOOD) - 1 + LONG_SEGMENTS
-    assert summary["index_version"] == 1 and summary["published"] is True
+    # version 1 as soon as the videos are embedded, version 2 (the same FAISS index) once the previews of
+    # what browsers cannot play (clip.avi; no_extension_video, an MP4 without a media type) are made
+    assert summary["index_version"] == 2 and summary["published"] is True
+    assert summary["previews_made"] == 2 and summary["previews_failed"] == 0
     for stage in ("decode", "encode", "write", "publish", "pipeline"):
         assert summary["timings"][stage] > 0, stage
     assert summary["videos_per_s"] > 0
@@ -57,7 +60,8 @@ def test_counts_and_failures(indexed) -> None:
     assert failures["empty.mp4"].reason == "empty file"
     assert all(f.reason and f.error_type for f in failures.values())
     assert failures["notes.mp4"].size_bytes == lib.broken["notes.mp4"].stat().st_size
-    assert [(v.version, v.status, v.num_segments) for v in versions] == [(1, "published", summary["segments"])]
+    assert [(v.version, v.status, v.num_segments) for v in versions] == [(1, "published", summary["segments"]),
+                                                                          (2, "published", summary["segments"])]
     read_state(data)  # index ids and segment rows agree
 
 

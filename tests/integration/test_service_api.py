@@ -47,13 +47,14 @@ def test_search_returns_one_result_per_video(client, service_env):
     assert 0 <= hit["start"] < hit["end"] <= 2.0 + 1e-6
     assert hit["thumbnail_url"].startswith(f"/videos/{hit['video_id']}/segments/")
     assert hit["stream_url"] == f"/videos/{hit['video_id']}/stream"
-    assert hit["vtm_score"] is None and hit["vtc_score"] == hit["score"]
+    assert hit["vtm_score"] is None and hit["scored_by"] == "vtc"
+    assert hit["score"] == pytest.approx((1 + hit["vtc_score"]) / 2)  # relevance in [0, 1]
     assert body["index_version"] == 1 and body["took_ms"] > 0 and body["next_cursor"] is None
     assert set(body["timings"]) == {"encode_ms", "faiss_ms", "db_ms", "rerank_ms"}
 
 
 def test_search_scores_are_the_model_cosines(client, service_env):
-    """The score of a moment is the cosine of the query and segment embeddings the checkpoint makes."""
+    """The similarity of a moment is the cosine of the query and segment embeddings the checkpoint makes."""
     model = load_pretrained(service_env.retrieval)
     tok = Tokenizer.from_config(model.config)
     r = client.post("/search", json={"query": "something blue moves", "top_k": 1})
@@ -62,7 +63,7 @@ def test_search_scores_are_the_model_cosines(client, service_env):
         text = model.encode_text(*tok(["something blue moves"]))[0]
         clip = load_video(hit["path"], model.config, window=(hit["start"], hit["end"]))
         video = model.encode_video(clip[None])[0]
-    assert hit["score"] == pytest.approx(float(text @ video), abs=1e-4)
+    assert hit["vtc_score"] == pytest.approx(float(text @ video), abs=1e-4)
 
 
 def _without_row_columns(data: Path, dest: Path) -> Path:
@@ -119,23 +120,24 @@ def test_search_filters(client, service_env):
     assert len(r.json()["results"]) == 4
 
 
-def test_rerank_scores_are_vtm_logit_plus_cosine(client, service_env):
+def test_rerank_scores_are_the_vtm_match_probability(client, service_env):
+    """ALPRO's retrieval score of a pair: softmax(itm_logits)[1]; re-ranked results are ordered by it."""
     r = client.post("/search", json={"query": "a green square", "top_k": 4, "rerank": 3})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["reranked"] == 3 and body["timings"]["rerank_ms"] > 0
     top = body["results"][:3]
-    assert all(h["vtm_score"] is not None for h in top)
-    assert body["results"][3]["vtm_score"] is None
+    assert all(h["vtm_score"] is not None and h["scored_by"] == "vtm" for h in top)
+    assert body["results"][3]["vtm_score"] is None and body["results"][3]["scored_by"] == "vtc"
     assert [h["score"] for h in top] == sorted((h["score"] for h in top), reverse=True)
     model = load_pretrained(service_env.retrieval)
     tok = Tokenizer.from_config(model.config)
     ids, mask = tok(["a green square"])
     for hit in top:
-        assert hit["score"] == pytest.approx(hit["vtm_score"] + hit["vtc_score"], abs=1e-6)
+        assert hit["score"] == hit["vtm_score"]
         clip = load_video(hit["path"], model.config, window=(hit["start"], hit["end"]))
         with torch.inference_mode():
-            expected = float(model.vtm_logits(clip[None], ids, mask)[0, 1])
+            expected = float(torch.softmax(model.vtm_logits(clip[None], ids, mask)[0], dim=-1)[1])
         assert hit["vtm_score"] == pytest.approx(expected, abs=1e-4)
     again = client.post("/search", json={"query": "a green square", "top_k": 4, "rerank": 3}).json()
     assert [h["score"] for h in again["results"]] == pytest.approx([h["score"] for h in body["results"]])
@@ -303,7 +305,8 @@ def test_errors_are_json_with_documented_status(client, name, method, path, body
 
 def test_invalid_json_and_oversized_bodies(client):
     r = client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
-    assert r.status_code == 422 and r.json()["error"] == "invalid_request"
+    assert r.status_code == 422 and r.json()["error"] == "invalid_json"
+    assert r.json()["message"].startswith("body: invalid JSON at line 1, column 2 (character 1): "), r.json()
     big = b'{"query": "' + b"a" * 20_000 + b'"}'
     r = client.post("/search", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "limit" in r.json()["message"]
@@ -376,7 +379,7 @@ def test_grouping_keeps_each_videos_best_moment(ranked_server):
         # video a fills the 20 best hits, more than the first fetch (16): the engine fetches deeper
         assert [h["video_id"] for h in body["results"]] == [ids["a"], ids["b"], ids["d"], ids["c"]]
         assert [h["segment_index"] for h in body["results"]] == [0, 1, 0, 0]
-        assert [h["score"] for h in body["results"]] == pytest.approx([0.99, 0.9, 0.8, 0.7], abs=1e-5)
+        assert [h["vtc_score"] for h in body["results"]] == pytest.approx([0.99, 0.9, 0.8, 0.7], abs=1e-5)
         filtered = c.post("/search", json={"query": "anything", "filters": {"path_prefix": "/media/lib/"}}).json()
         assert [h["video_id"] for h in filtered["results"]] == [ids["a"], ids["b"], ids["c"]]
         short = c.post("/search", json={"query": "anything", "filters": {"max_duration": 1.5}}).json()

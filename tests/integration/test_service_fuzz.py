@@ -34,7 +34,8 @@ def test_fuzz_finds_no_server_error(live_schema, mode):
     live, schema = live_schema
     operations = _operations(schema)
     labels = {op.label for op in operations}
-    assert {"POST /search", "POST /qa", "GET /videos/{video_id}", "GET /videos/{video_id}/stream"} <= labels
+    assert {"POST /search", "POST /qa", "GET /videos", "GET /failures", "GET /videos/{video_id}",
+            "GET /videos/{video_id}/stream", "GET /videos/{video_id}/preview"} <= labels
     unsatisfiable: list[str] = []
     for operation in operations:
         has_input = any(True for _ in operation.iter_parameters()) or operation.get_request_payload_content_types()

@@ -98,9 +98,10 @@ def test_filters():
     unknown = SegmentRow(3, "c", 0, 0.0, 1.0, None, "/lib/c.mp4", None)
     assert passes(unknown, None) and not passes(unknown, schemas.SearchFilters(min_duration=0))
     candidate = Candidate(lib, 0.9)
-    assert candidate.score == pytest.approx(0.9)
-    candidate.vtm = 2.0
-    assert candidate.score == pytest.approx(2.9)
+    assert candidate.score == pytest.approx(0.95)  # (1 + cosine) / 2
+    candidate.vtm = 0.25  # the VTM match probability, once re-ranked
+    assert candidate.score == pytest.approx(0.25)
+    assert Candidate(lib, 0.1, vtm=0.3).rerank_key > Candidate(lib, 0.9, vtm=0.2).rerank_key
 
 
 @pytest.mark.parametrize("prefix", ["/media/lib", "/media/lib/", "/media/lib//"])
