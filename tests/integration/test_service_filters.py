@@ -119,7 +119,7 @@ def run_searches(lib: Library, requests: list[schemas.SearchRequest], **override
 
 
 def got(response: schemas.SearchResponse) -> list[tuple[str, int, float]]:
-    return [(h.video_id, h.segment_index, h.score) for h in response.results]
+    return [(h.video_id, h.segment_index, h.vtc_score) for h in response.results]
 
 
 def assert_same(actual: list[tuple[str, int, float]], wanted: list[tuple[str, int, float]]) -> None:
