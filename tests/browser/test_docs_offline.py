@@ -5,21 +5,15 @@ chromium-driver`); the HTTP checks run everywhere."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import time
-from pathlib import Path
 
 import pytest
 
 httpx = pytest.importorskip("httpx")
 
+from tests.browser.chromium import screenshot_dir, start_chromium, wait_for  # noqa: E402
 from tests.integration.test_service_support import run_server, service_env  # noqa: E402,F401
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or next(
-    (p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
 CDN_PROBE = "https://cdn.jsdelivr.net/npm/swagger-ui-dist@5/swagger-ui.css"
 
 
@@ -33,40 +27,13 @@ def server(service_env):
 def offline_browser(tmp_path):
     """Chromium that can reach 127.0.0.1 only: every other name resolves to nothing, and anything that got
     past that would go to a proxy on a closed loopback port."""
-    if CHROMIUM is None or CHROMEDRIVER is None:
-        pytest.skip("needs Debian's chromium and chromium-driver packages")
-    os.environ["SE_OFFLINE"] = "true"  # never let selenium-manager download a driver or browser
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 "--window-size=1280,1600", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                 "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-                 "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    driver.set_script_timeout(30)
+    driver = start_chromium(tmp_path / "chromium-profile", (
+        "--window-size=1280,1600", "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
+        "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=127.0.0.1"))
     try:
         yield driver
     finally:
         driver.quit()
-
-
-def wait_for(driver, script: str, timeout: float = 30.0, what: str = ""):
-    """Poll a JS expression until it is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = driver.execute_script(f"return ({script});")
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or script}")
-        time.sleep(0.1)
 
 
 def assert_offline(driver) -> None:
@@ -88,12 +55,6 @@ def operation_count(url: str) -> int:
     schema = httpx.get(url + "/openapi.json").json()
     methods = {"get", "put", "post", "delete", "patch", "head", "options"}
     return sum(1 for item in schema["paths"].values() for method in item if method in methods)
-
-
-def screenshot_dir(tmp_path: Path) -> Path:
-    shot = Path(os.environ.get("ALPRO_SCREENSHOT_DIR", tmp_path))
-    shot.mkdir(parents=True, exist_ok=True)
-    return shot
 
 
 def test_swagger_ui_renders_offline(offline_browser, server, tmp_path):

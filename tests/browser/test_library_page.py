@@ -5,17 +5,15 @@ $ALPRO_SCREENSHOT_DIR (CI keeps them)."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.browser.test_service_page import CHROMEDRIVER, CHROMIUM, browser, wait_for  # noqa: F401
+from tests.browser.chromium import CHROMEDRIVER, CHROMIUM, MISSING, screenshot_dir, wait_for
 from tests.integration.test_service_support import COLORS, make_checkpoints, run_server
 from tests.video_factory import solid_frames, write_video
 
-pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                                reason="needs Debian's chromium and chromium-driver packages")
+pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason=MISSING)
 
 # relative path -> (codec, audio encoder or None, colours one per second)
 FILES = {"a/red.mp4": ("h264", None, ["red", "red", "red"]),
@@ -57,9 +55,7 @@ def _settings(data: Path):
 
 
 def _shot(driver, name: str, tmp_path: Path) -> None:
-    folder = Path(os.environ.get("ALPRO_SCREENSHOT_DIR", tmp_path))
-    folder.mkdir(parents=True, exist_ok=True)
-    driver.save_screenshot(str(folder / name))
+    driver.save_screenshot(str(screenshot_dir(tmp_path) / name))
 
 
 def _search(driver, query: str) -> None:

@@ -4,56 +4,13 @@ question gets answers. Skipped only where Chromium or its driver is not installe
 
 from __future__ import annotations
 
-import os
-import shutil
-import time
-from pathlib import Path
-
 import pytest
 
+from tests.browser.chromium import CHROMEDRIVER, CHROMIUM, MISSING, screenshot_dir, wait_for
 from tests.integration.test_service_config import AWKWARD_KEY, UNICODE_KEY
 from tests.integration.test_service_support import QA_ANSWERS, run_server, service_env  # noqa: F401
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver") or next(
-    (p for p in ("/usr/bin/chromedriver",) if Path(p).exists()), None)
-
-pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None,
-                                reason="needs Debian's chromium and chromium-driver packages")
-
-
-@pytest.fixture()
-def browser(tmp_path):
-    os.environ["SE_OFFLINE"] = "true"  # never let selenium-manager download a driver or browser
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--no-first-run", "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
-                 "--autoplay-policy=no-user-gesture-required", "--window-size=1280,900",
-                 f"--user-data-dir={tmp_path / 'chromium-profile'}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
-    driver.set_page_load_timeout(30)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def wait_for(driver, script: str, timeout: float = 20.0, what: str = ""):
-    """Poll a JS expression until it is truthy; return its value."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = driver.execute_script(f"return ({script});")
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or script}")
-        time.sleep(0.05)
+pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason=MISSING)
 
 
 def test_search_play_and_ask(browser, service_env, tmp_path):
@@ -71,8 +28,7 @@ def test_search_play_and_ask(browser, service_env, tmp_path):
         names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .card .name")]
         assert sorted(names) == ["blue.mp4", "green.mp4", "red.mp4", "yellow.mp4"]
         assert all(e.text.startswith("similarity ") for e in browser.find_elements(By.CSS_SELECTOR, "#results .card .score"))
-        shot = Path(os.environ.get("ALPRO_SCREENSHOT_DIR", tmp_path))
-        shot.mkdir(parents=True, exist_ok=True)
+        shot = screenshot_dir(tmp_path)
         browser.save_screenshot(str(shot / "search.png"))
 
         first = browser.find_element(By.CSS_SELECTOR, "#results .card")
