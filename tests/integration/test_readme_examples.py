@@ -30,8 +30,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.test_service_support import free_socket, run_server, service_env  # noqa: F401
-from tests.readme_examples import (README, ROOT, Command, harness_env, parse_output_comment, run_section,
-                                   section, section_commands, shape_problems, split_commands)
+from tests.readme_examples import (README, ROOT, Command, parse_output_comment, section, section_commands,
+                                   shape_problems, split_commands)
+from tests.readme_runner import harness_env, run_section
 
 VENV = ROOT / ".venv"
 HOST = re.compile(r"(?<![\w.-])(?:localhost|127\.0\.0\.1):8000(?!\d)")  # the README's server address
