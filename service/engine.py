@@ -1,10 +1,8 @@
-"""The model and index holder behind the routes: search (VTC retrieval, grouping, VTM re-ranking) and QA.
-
-Search: query -> text embedding -> FAISS over segment vectors (over-fetched) -> rows from the metadata DB
--> best moment per video -> optionally VTM re-ranking of the top candidates with the LAVIS score
-(itm logit[1] + cosine), from the index's stored tokens or from segments decoded on demand (LRU cached).
-QA: the video is decoded and encoded once (LRU cached by bytes), then each question costs the text layers,
-the fusion layers and the classifier. Every model call runs on the model thread (`batching.ModelWorker`).
+"""The engine behind the routes: the loaded checkpoints, the served index version, the metadata database,
+the caches and the model thread, built once per app. What a request does with them lives beside it:
+search in searching.py (mixed in as `Searching`), question answering in answering.py (`Answering`), the
+library's listings and files in library.py (`Engine.library`). Every model call runs on the model thread
+(`batching.ModelWorker`); blocking database and file look-ups on the DB threads (`Engine._db`).
 """
 
 from __future__ import annotations
@@ -12,39 +10,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, AsyncIterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from store.datadir import DataDir, IndexManifest, IndexRow, IndexSnapshot
-from model.decode import VideoError
-from model.preprocess import load_video
+from store.datadir import DataDir, IndexManifest
 
 from . import schemas
+from .answering import Answering
 from .batching import ModelWorker
 from .cache import ByteLRU
+from .catalog import Catalog, RowCache
 from .decoding import DecodePool
-from .catalog import Catalog, RowCache, SegmentRow
-from .errors import (DeadlineExceededError, IndexUnavailableError, InvalidRequestError, OverloadedError,
-                     QANotConfiguredError, StartupError, UnavailableError, VideoFileMissingError, VideoNotFoundError,
-                     VideoUndecodableError)
-from .index import IndexHolder, IndexLease, Selection
-from .library import Library, preview_url, segment_thumbnail_url, stream_url
+from .errors import DeadlineExceededError, IndexUnavailableError, StartupError, UnavailableError
+from .index import IndexHolder
+from .library import Library
 from .metrics import Metrics
 from .models import LoadedModel, load_checkpoint, manifest_checkpoint, not_there_yet
-from .ranking import Candidate, decode_cursor, encode_cursor, passes, query_key, to_cosine
+from .searching import Hits, Searching, TextQuery
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _VIDEO_BATCH = 8  # clips per video-encoder call when computing tokens for re-ranking
-MOMENT_HITS = 256  # how deep in the hits a result's further moments are looked for
 _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # an index's recorded precision
 
 
@@ -52,34 +43,7 @@ _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # an 
 # The engine
 
 
-@dataclass
-class _Query:
-    """One text query on its way through the model thread."""
-
-    text: str
-    snapshot: IndexSnapshot
-    k: int
-    selection: Optional[Selection] = None  # search only these rows (the request's filters)
-
-
-@dataclass
-class _Hits:
-    embedding: np.ndarray  # float32 (D,)
-    scores: np.ndarray  # (k,) FAISS scores, best first
-    ids: np.ndarray  # int64 (k,) segment ids, -1 padding
-    encode_s: float
-    faiss_s: float
-
-
-@dataclass
-class _Timer:
-    seconds: dict[str, float] = field(default_factory=lambda: {"encode": 0.0, "faiss": 0.0, "db": 0.0, "rerank": 0.0})
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-
-
-class Engine:
+class Engine(Searching, Answering):
     """Loaded models, the served index version, the metadata DB and the caches; built once per app."""
 
     def __init__(self, settings: Settings, metrics: Metrics, data_dir: DataDir, retrieval: Optional[LoadedModel],
@@ -96,7 +60,7 @@ class Engine:
         self.qa = qa
         self.device = settings.resolved_device
         self.index = IndexHolder(data_dir, self.check_manifest, metrics)
-        self.worker: ModelWorker[_Query, _Hits] = ModelWorker(
+        self.worker: ModelWorker[TextQuery, Hits] = ModelWorker(
             self._encode_and_search, max_batch=settings.max_batch, window_s=settings.batch_window_s,
             max_queue=settings.max_queue, retry_after_s=settings.retry_after_s, metrics=metrics)
         self.token_cache: ByteLRU = ByteLRU(int(settings.token_cache_mb * 2**20),
@@ -194,7 +158,7 @@ class Engine:
             return
         with lease:
             if self.retrieval is not None and lease.manifest.num_vectors:
-                self._encode_and_search([_Query("warm up", lease.snapshot, 1)])
+                self._encode_and_search([TextQuery("warm up", lease.snapshot, 1)])
 
     async def warm_up(self) -> None:
         """So that the first request does not pay for lazy initialisation (DB connection, kernels, FAISS)."""
@@ -269,7 +233,7 @@ class Engine:
             embedding = loaded.model.encode_text(ids.to(loaded.device), mask.to(loaded.device))
         return embedding.float().cpu().numpy()
 
-    def _encode_and_search(self, queries: Sequence[_Query]) -> list[_Hits]:
+    def _encode_and_search(self, queries: Sequence[TextQuery]) -> list[Hits]:
         """The micro-batch: one encoder call for all queries, one FAISS call per snapshot."""
         t0 = time.perf_counter()
         embeddings = np.ascontiguousarray(self.encode_texts([q.text for q in queries]), dtype=np.float32)
@@ -277,7 +241,7 @@ class Engine:
         groups: dict[tuple[int, int], list[int]] = {}
         for i, q in enumerate(queries):  # during an index switch one batch may span two versions
             groups.setdefault((id(q.snapshot), id(q.selection)), []).append(i)
-        out: list[Optional[_Hits]] = [None] * len(queries)
+        out: list[Optional[Hits]] = [None] * len(queries)
         for rows in groups.values():
             t1 = time.perf_counter()
             k = max(queries[i].k for i in rows)
@@ -289,7 +253,7 @@ class Engine:
             faiss_s = time.perf_counter() - t1
             for j, i in enumerate(rows):
                 kq = queries[i].k
-                out[i] = _Hits(embeddings[i], np.asarray(scores[j, :kq]), np.asarray(ids[j, :kq]), encode_s, faiss_s)
+                out[i] = Hits(embeddings[i], np.asarray(scores[j, :kq]), np.asarray(ids[j, :kq]), encode_s, faiss_s)
         return out  # type: ignore[return-value]
 
     def _video_tokens(self, loaded: LoadedModel, clips: list[torch.Tensor],
@@ -323,276 +287,6 @@ class Engine:
             logits = model.vtm_logits_from_tokens(video, text.expand(n, -1, -1), mask.expand(n, -1))  # (n, 2)
         return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().tolist()
 
-    def _answer_probs(self, question: str, video_tokens: torch.Tensor, top_k: int) -> list[tuple[int, float]]:
-        qa = self.qa
-        assert qa is not None
-        with torch.inference_mode():
-            ids, mask = qa.tokenizer([question])
-            ids, mask = ids.to(qa.device), mask.to(qa.device)
-            text = qa.model.text_tokens(ids, mask)  # (1, L, D)
-            logits = qa.model.answer_logits_from_tokens(video_tokens.unsqueeze(0).to(text.dtype), text, mask)
-            probs = logits.float().softmax(-1)[0]  # (num_answers,)
-            values, indices = probs.topk(min(top_k, probs.numel()))
-        return list(zip(indices.tolist(), values.tolist()))
-
-    # --- search
-
-    async def search(self, request: schemas.SearchRequest) -> schemas.SearchResponse:
-        start = time.perf_counter()
-        settings = self.settings
-        if len(request.query) > settings.max_query_chars:
-            raise InvalidRequestError(
-                f"query: longer than this server's limit of {settings.max_query_chars} characters")
-        if request.top_k > settings.max_top_k:
-            raise InvalidRequestError(f"top_k: larger than this server's limit of {settings.max_top_k}")
-        offset = decode_cursor(request.cursor, query_key(request)) if request.cursor else request.offset
-        rerank_k = settings.rerank_default if request.rerank is True else int(request.rerank)
-        end = offset + request.top_k
-        want = max(end + 1, rerank_k)  # one more than the page tells whether a next page exists
-        timer = _Timer()
-        with self.index.acquire() as lease:
-            manifest = lease.manifest
-            if manifest.num_vectors == 0:
-                raise IndexUnavailableError(f"index version {manifest.version} is empty: no video has been indexed")
-            # Filters restrict the FAISS search to the rows that pass (a version without its rows: the hits are
-            # filtered instead, as deep as max_fetch); then max_fetch bounds only how deep grouping by video
-            # looks, as for an unfiltered search
-            selection = None
-            if request.filters is not None:
-                t = time.perf_counter()
-                selection = await asyncio.to_thread(lease.selection, request.filters)
-                timer.add("faiss", time.perf_counter() - t)
-                if selection is not None and selection.count == manifest.num_vectors:
-                    selection = None  # everything passes: the plain search, batched with unfiltered queries
-            searchable = manifest.num_vectors if selection is None else selection.count
-            candidates: list[Candidate] = []
-            hits: Optional[_Hits] = None
-            if searchable:  # else nothing passes the filters
-                candidates, hits = await self._videos(request, lease, selection, min(searchable, settings.max_fetch),
-                                                      want, timer)
-            reranked = 0
-            if rerank_k and candidates:
-                t = time.perf_counter()
-                async with self._deadline("re-ranking"):
-                    reranked = await self._rerank(request.query, candidates, rerank_k, lease)
-                timer.add("rerank", time.perf_counter() - t)
-            version = lease.version
-            page = candidates[offset:end]
-            if hits is not None and page:
-                await self._moments(page, hits, lease, timer)
-        if self.library.roots_stale():
-            await self._refresh_roots()
-        has_more = len(candidates) > end and end <= schemas.MAX_OFFSET
-        for stage, seconds in timer.seconds.items():
-            if stage != "rerank" or reranked:
-                self.metrics.observe_stage(stage, seconds)
-        timings = timer.seconds
-        return schemas.SearchResponse(
-            query=request.query, results=[self._hit(c) for c in page], offset=offset,
-            next_cursor=encode_cursor(end, query_key(request)) if has_more else None, reranked=reranked,
-            index_version=version, took_ms=round((time.perf_counter() - start) * 1000, 3),
-            timings=schemas.StageTimings(
-                encode_ms=round(timings["encode"] * 1000, 3), faiss_ms=round(timings["faiss"] * 1000, 3),
-                db_ms=round(timings["db"] * 1000, 3), rerank_ms=round(timings["rerank"] * 1000, 3)))
-
-    async def _videos(self, request: schemas.SearchRequest, lease: IndexLease, selection: Optional[Selection],
-                      limit: int, want: int, timer: _Timer) -> tuple[list[Candidate], _Hits]:
-        """Up to `want` videos at their best moment, best first, from at most `limit` FAISS hits."""
-        k = min(limit, max(want * self.settings.overfetch, 16))
-        hits: _Hits = await self.worker.submit(_Query(request.query, lease.snapshot, k, selection))
-        timer.add("encode", hits.encode_s)
-        timer.add("faiss", hits.faiss_s)
-        search = lease.snapshot.search if selection is None else selection.search
-        rows: dict[int, Optional[SegmentRow]] = {}
-        while True:
-            candidates = await self._candidates(hits, lease.snapshot, rows, lease.manifest.metric, request.filters,
-                                                want, timer)
-            exhausted = k >= limit or bool((hits.ids < 0).any())
-            if len(candidates) >= want or exhausted:
-                return candidates, hits
-            k = min(limit, k * 4)  # grouping or filters dropped too many: fetch deeper
-            t = time.perf_counter()
-            scores, ids = await asyncio.to_thread(search, hits.embedding[None], k)
-            timer.add("faiss", time.perf_counter() - t)
-            hits = replace(hits, scores=np.asarray(scores[0]), ids=np.asarray(ids[0]))
-
-    async def _candidates(self, hits: _Hits, snapshot: IndexSnapshot, rows: dict[int, Optional[SegmentRow]],
-                          metric: str, filters: Optional[schemas.SearchFilters], want: int,
-                          timer: _Timer) -> list[Candidate]:
-        """Up to `want` videos at their best moment, best first: grouped by the index's own segment -> video
-        map, so the DB is asked only for the rows of the moments shown (and filtered) and not every hit."""
-        valid = hits.ids >= 0
-        ids = hits.ids[valid].tolist()
-        cosines = to_cosine(hits.scores[valid], metric).tolist()
-        firsts = snapshot.first_hit_per_video(ids)
-        out: list[Candidate] = []
-        pos = 0
-        while len(out) < want and pos < len(firsts):
-            # filters may drop many videos: ask for more rows per round trip then
-            chunk = firsts[pos:pos + (want - len(out)) * (4 if filters is not None else 1)]
-            pos += len(chunk)
-            missing = [ids[i] for i in chunk if ids[i] not in rows]
-            if missing and snapshot.has_rows:  # the version carries its rows: no database round trip
-                rows.update((info.segment_id, self._segment_row(info)) for info in snapshot.segment_rows(missing))
-                missing = []
-            if missing and self.row_cache.max_rows > 0:
-                cached = self.row_cache.get_many(snapshot.version, missing)
-                rows.update(cached)
-                self._row_hits.inc(len(cached))
-                missing = [segment_id for segment_id in missing if segment_id not in cached]
-            if missing:
-                self._row_misses.inc(len(missing))
-                t = time.perf_counter()
-                found = await self._db(self.catalog.segments, missing, observe=False)
-                timer.add("db", time.perf_counter() - t)
-                self.row_cache.put_many(snapshot.version, found.values())
-                for segment_id in missing:
-                    rows[segment_id] = found.get(segment_id)  # None: the row is gone (video removed)
-            for i in chunk:
-                row = rows[ids[i]]
-                if row is not None and passes(row, filters):
-                    out.append(Candidate(row, float(cosines[i])))
-        return out[:want]
-
-    async def _moments(self, page: list[Candidate], hits: _Hits, lease: IndexLease, timer: _Timer) -> None:
-        """Each result's best moments among the top hits (the hits its best moment came from), best first."""
-        snapshot = lease.snapshot
-        valid = hits.ids >= 0
-        ids = hits.ids[valid][:MOMENT_HITS].tolist()
-        cosines = to_cosine(hits.scores[valid][:MOMENT_HITS], lease.manifest.metric).tolist()
-        wanted = {c.row.video_id: c for c in page}
-        picked: list[tuple[Candidate, int, float]] = []
-        count: dict[str, int] = {}
-        for segment_id, cosine, (video_id, _) in zip(ids, cosines, snapshot.locate(ids)):
-            c = wanted.get(video_id)
-            if c is not None and count.get(video_id, 0) < schemas.MAX_MOMENTS:
-                count[video_id] = count.get(video_id, 0) + 1
-                picked.append((c, segment_id, cosine))
-        known = {c.row.segment_id: c.row for c in page}
-        missing = [segment_id for _, segment_id, _ in picked if segment_id not in known]
-        if missing and snapshot.has_rows:
-            known.update((info.segment_id, self._segment_row(info)) for info in snapshot.segment_rows(missing))
-        elif missing:  # a version without its rows: the row cache, then the database, as for the results
-            known.update(self.row_cache.get_many(snapshot.version, missing))
-            missing = [segment_id for segment_id in missing if segment_id not in known]
-            if missing:
-                t = time.perf_counter()
-                found = await self._db(self.catalog.segments, missing, observe=False)
-                timer.add("db", time.perf_counter() - t)
-                self.row_cache.put_many(snapshot.version, found.values())
-                known.update(found)
-        for c, segment_id, cosine in picked:
-            row = known.get(segment_id)
-            if row is not None:
-                c.moments.append(schemas.Moment(segment_index=row.index, start=row.start_s, end=row.end_s,
-                                                similarity=cosine))
-
-    async def _refresh_roots(self) -> None:
-        """Re-read the library folders (for relative paths) without failing a search when the database is down."""
-        try:
-            await self._db(self.library.roots, observe=False)
-        except UnavailableError:
-            pass  # relative paths fall back to file names until the database answers again
-
-    async def _rerank(self, query: str, candidates: list[Candidate], rerank_k: int, lease: IndexLease) -> int:
-        """Re-order the top `rerank_k` candidates in place by VTM match probability; returns how many were scored."""
-        top = candidates[:rerank_k]
-        tokens = await self._segment_tokens(top, lease)
-        scored = [i for i, t in enumerate(tokens) if t is not None]
-        if scored:
-            probs = await self.worker.run(self._vtm_scores, query, [tokens[i] for i in scored])
-            for i, prob in zip(scored, probs):
-                top[i].vtm = float(prob)
-        # candidates whose segment could not be decoded keep their order, after the re-ranked ones
-        ranked = sorted((c for c in top if c.vtm is not None), key=lambda c: c.rerank_key, reverse=True)
-        candidates[:rerank_k] = ranked + [c for c in top if c.vtm is None]
-        return len(scored)
-
-    async def _segment_tokens(self, top: list[Candidate], lease: IndexLease) -> list[Optional[torch.Tensor]]:
-        """(1 + N, D) token features per candidate: stored in the index, cached, or decoded and encoded now."""
-        if lease.manifest.has_tokens:
-            ids = np.array([c.row.segment_id for c in top], dtype=np.int64)
-            try:
-                stored = await asyncio.to_thread(lease.snapshot.tokens, ids)
-            except (LookupError, OSError, ValueError) as e:  # a token file gone missing: decode instead
-                logger.warning("stored tokens of index version %d unreadable (%s); decoding segments", lease.version, e)
-                stored = None
-            if stored is not None:
-                stored = torch.as_tensor(np.asarray(stored))  # fp16 (n, 1 + N, D)
-                return [stored[i] for i in range(len(top))]
-        loaded = self._require_retrieval()
-        precision = lease.manifest.precision
-        keys = [(loaded.fingerprint, precision, c.row.video_id, c.row.index, c.row.start_s, c.row.end_s) for c in top]
-        out: list[Optional[torch.Tensor]] = [self.token_cache.get(key) for key in keys]
-        missing = [i for i, t in enumerate(out) if t is None]
-        if not missing:
-            return out
-        t = time.perf_counter()
-        clips = await asyncio.gather(*(self.decoder.run(self._decode_segment, loaded, top[i].row) for i in missing),
-                                     return_exceptions=True)
-        for clip in clips:
-            if isinstance(clip, OverloadedError):  # bounded work: no decode admitted for this request now
-                raise clip
-        self.metrics.observe_stage("decode", time.perf_counter() - t)
-        good = []
-        for i, clip in zip(missing, clips):
-            if isinstance(clip, BaseException):
-                logger.warning("re-ranking skips segment %d of video %s: %s", top[i].row.index, top[i].row.video_id,
-                               clip)
-            else:
-                good.append((i, clip))
-        if good:
-            t = time.perf_counter()
-            tokens = await self.worker.run(self._video_tokens, loaded, [clip for _, clip in good], precision)
-            self.metrics.observe_stage("video_encode", time.perf_counter() - t)
-            for (i, _), token in zip(good, tokens):
-                self.token_cache.put(keys[i], token)
-                out[i] = token
-        self.metrics.cache_bytes.labels("segment_tokens").set(self.token_cache.nbytes)
-        return out
-
-    @staticmethod
-    def _decode_segment(loaded: LoadedModel, row: SegmentRow) -> torch.Tensor:
-        window = (row.start_s, row.end_s) if row.end_s > row.start_s else None
-        return load_video(row.path, loaded.model.config, window=window)  # (T, 3, H, W)
-
-    def _segment_row(self, info: IndexRow) -> SegmentRow:
-        thumbnail = self.data_dir.thumbnail_relpath(info.video_id, info.index) if info.has_thumbnail else None
-        return SegmentRow(info.segment_id, info.video_id, info.index, info.start_s, info.end_s, thumbnail, info.path,
-                          info.duration_s, info.preview)
-
-    def _hit(self, c: Candidate) -> schemas.SearchHit:
-        row = c.row  # validated construction (pydantic-core) costs 4 us a hit, model_construct (Python) 9
-        preview = row.preview if row.preview is not None else self.library.has_preview(row.video_id)
-        return schemas.SearchHit(
-            video_id=row.video_id, path=row.path, relative_path=self.library.relative(row.path),
-            name=os.path.basename(row.path), score=c.score, scored_by="vtc" if c.vtm is None else "vtm",
-            start=row.start_s, end=row.end_s, segment_index=row.index,
-            thumbnail_url=segment_thumbnail_url(row.video_id, row.index) if row.thumbnail else None,
-            stream_url=stream_url(row.video_id), preview_url=preview_url(row.video_id) if preview else None,
-            vtc_score=c.vtc, vtm_score=c.vtm, moments=c.moments)
-
-    # --- QA
-
-    async def answer(self, request: schemas.QARequest) -> schemas.QAResponse:
-        start = time.perf_counter()
-        qa = self.qa or await self._load_pending_qa()
-        if len(request.question) > self.settings.max_query_chars:
-            raise InvalidRequestError(
-                f"question: longer than this server's limit of {self.settings.max_query_chars} characters")
-        path = await self._db(self.catalog.video_path, request.video_id)
-        if path is None:
-            raise VideoNotFoundError(f"no video with id {request.video_id}")
-        async with self._deadline("answering the question"):
-            tokens, cached = await self._qa_video_tokens(qa, request.video_id, path)
-        t = time.perf_counter()
-        ranked = await self.worker.run(self._answer_probs, request.question, tokens, request.top_k)
-        self.metrics.observe_stage("qa", time.perf_counter() - t)
-        names = qa.model.config.answers
-        answers = [schemas.Answer(answer=names[i] if i < len(names) else f"#{i}", score=p) for i, p in ranked]
-        return schemas.QAResponse(video_id=request.video_id, question=request.question, answers=answers, cached=cached,
-                                  took_ms=round((time.perf_counter() - start) * 1000, 3))
-
     @contextlib.asynccontextmanager
     async def _deadline(self, what: str) -> AsyncIterator[None]:
         """Bound a request's decoding work by ALPRO_REQUEST_TIMEOUT_S: past it, 504 and the work is cancelled."""
@@ -604,64 +298,6 @@ class Engine:
             self.metrics.deadlines.inc()
             raise DeadlineExceededError(f"{what} took longer than this server's limit of {limit:g} s "
                                         f"(ALPRO_REQUEST_TIMEOUT_S); the video may be too long or the server busy") from e
-
-    async def _load_pending_qa(self) -> LoadedModel:
-        """The QA checkpoint that was not there at start-up (e.g. fetched into a volume later), once it is."""
-        spec = self.settings.qa_checkpoint
-        if spec is None:
-            raise QANotConfiguredError("question answering is not configured on this server: start it with "
-                                       "ALPRO_QA_CHECKPOINT set to a QA checkpoint")
-        if not_there_yet(spec):
-            raise UnavailableError(f"the QA checkpoint {spec} is not there yet (fetch, import or train it; see "
-                                   f"README, Deploy)", headers={"Retry-After": str(self.settings.retry_after_s)})
-        async with self._qa_loading:
-            if self.qa is None:
-                settings = self.settings
-                try:
-                    qa = await asyncio.to_thread(load_checkpoint, spec,
-                                                 settings.qa_bert_config or settings.bert_config, self.device, settings)
-                except StartupError as e:
-                    raise UnavailableError(str(e)) from e
-                if qa.model.qa_head is None:
-                    raise UnavailableError(f"ALPRO_QA_CHECKPOINT {spec} has no QA head (num_answers=0)")
-                self.qa = qa
-        return self.qa
-
-    async def _qa_video_tokens(self, qa: LoadedModel, video_id: str, path: Path) -> tuple[torch.Tensor, bool]:
-        key = (qa.fingerprint, video_id)
-        tokens = self.qa_cache.get(key)
-        if tokens is not None:
-            return tokens, True
-        task = self._qa_inflight.get(key)
-        if task is None:  # one decode per video, however many ask at once
-            task = asyncio.ensure_future(self._compute_qa_tokens(qa, key, path))
-            self._qa_inflight[key] = task
-            task.add_done_callback(lambda _: self._qa_inflight.pop(key, None))
-        self._qa_waiters[key] = self._qa_waiters.get(key, 0) + 1
-        try:
-            return await asyncio.shield(task), False  # one waiter leaving does not stop the others' work
-        finally:
-            self._qa_waiters[key] -= 1
-            if not self._qa_waiters[key]:
-                del self._qa_waiters[key]
-                if not task.done():  # nobody waits any more (deadline, client gone): stop the work
-                    task.cancel()
-
-    async def _compute_qa_tokens(self, qa: LoadedModel, key: tuple[str, str], path: Path) -> torch.Tensor:
-        if not await asyncio.to_thread(path.is_file):
-            raise VideoFileMissingError(f"the file of video {key[1]} is no longer on the server")
-        t = time.perf_counter()
-        try:
-            clip = await self.decoder.run(load_video, path, qa.model.config)
-        except VideoError as e:
-            raise VideoUndecodableError(f"video {key[1]} cannot be decoded: {e}") from e
-        self.metrics.observe_stage("decode", time.perf_counter() - t)
-        t = time.perf_counter()
-        (tokens,) = await self.worker.run(self._video_tokens, qa, [clip])
-        self.metrics.observe_stage("video_encode", time.perf_counter() - t)
-        self.qa_cache.put(key, tokens)
-        self.metrics.cache_bytes.labels("qa_video_tokens").set(self.qa_cache.nbytes)
-        return tokens
 
     # --- helpers
 
