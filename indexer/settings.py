@@ -17,9 +17,9 @@ from pydantic import Field, field_validator, model_validator
 
 from settings import ENV_PREFIX, SettingsError, SharedSettings, env_name, load_settings
 
-from .faiss_index import INDEX_TYPES
+from store.faiss_build import INDEX_TYPES
 
-IndexType = Literal["auto", "flat", "ivf", "hnsw"]  # faiss_index.INDEX_TYPES
+IndexType = Literal["auto", "flat", "ivf", "hnsw", "ivfpq"]  # store.faiss_build.INDEX_TYPES
 
 
 class IndexSettings(SharedSettings):
@@ -98,7 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--vision-num-heads", type=int, help="TimeSformer heads of an official checkpoint (12)")
     parser.add_argument("--database-url", help="SQLAlchemy URL (default: sqlite in the data dir)")
     parser.add_argument("--segment-seconds", type=float, help="target moment length in seconds (10); 0: no split")
-    parser.add_argument("--index-type", choices=INDEX_TYPES, help="FAISS index type (auto: by size)")
+    parser.add_argument("--index-type", choices=INDEX_TYPES,
+                        help="base index type (auto: by size; ivfpq: compressed, re-scored exactly)")
+    parser.add_argument("--vector-store", choices=("faiss", "pgvector"),
+                        help="where vectors live: faiss (files in the data dir, default) or pgvector (the "
+                             "PostgreSQL metadata database, which needs the pgvector extension)")
     parser.add_argument("--batch-size", type=int, help="clips per model call (32 on GPU, 4 on CPU)")
     parser.add_argument("--num-workers", type=int, help="decoding processes (0: decode in the main process)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")

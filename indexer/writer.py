@@ -21,7 +21,7 @@ from sqlalchemy.exc import DBAPIError
 
 from .cache import CacheEntry, EmbeddingCache, atomic_write
 from .catalog import record_failure, record_video
-from store.datadir import DataDir
+from store.layout import DataDir
 from .discover import FoundFile
 from .errors import DiskFullError, MetadataDatabaseError, database_reason, is_disk_full
 from .reader import WorkItem

@@ -17,7 +17,8 @@ from typing import Any, AsyncIterator, Optional, Sequence
 import numpy as np
 import torch
 
-from store.datadir import DataDir, IndexManifest
+from store.layout import DataDir
+from store.manifest import IndexManifest
 
 from . import schemas
 from .answering import Answering
@@ -28,6 +29,7 @@ from .decoding import DecodePool
 from .errors import DeadlineExceededError, IndexUnavailableError, StartupError, UnavailableError
 from .index import IndexHolder
 from .library import Library
+from .pg_index import PgIndexHolder, open_published
 from .metrics import Metrics
 from .models import LoadedModel, load_checkpoint, manifest_checkpoint, not_there_yet
 from .searching import Hits, Searching, TextQuery
@@ -59,7 +61,9 @@ class Engine(Searching, Answering):
         self.retrieval = retrieval
         self.qa = qa
         self.device = settings.resolved_device
-        self.index = IndexHolder(data_dir, self.check_manifest, metrics)
+        # issue 21: the served version comes from FAISS files in the data dir, or from the pgvector tables
+        holder = IndexHolder if settings.vector_store == "faiss" else PgIndexHolder
+        self.index = holder(data_dir, self.check_manifest, metrics)
         self.worker: ModelWorker[TextQuery, Hits] = ModelWorker(
             self._encode_and_search, max_batch=settings.max_batch, window_s=settings.batch_window_s,
             max_queue=settings.max_queue, retry_after_s=settings.retry_after_s, metrics=metrics)
@@ -86,8 +90,9 @@ class Engine(Searching, Answering):
         device = settings.resolved_device
         data_dir = DataDir(settings.data_dir, settings.database_url)
         snapshot = None
-        version = data_dir.current_version()
-        if version is not None:
+        if settings.vector_store == "pgvector":  # issue 21: the published version of the vector tables
+            snapshot = open_published(data_dir)
+        elif (version := data_dir.current_version()) is not None:
             snapshot = data_dir.open_index(version)
         try:
             retrieval = None

@@ -6,7 +6,8 @@ is released, so no in-flight request ever sees a closed index.
 
 Filters are applied inside the FAISS search (a search over the passing vectors only, whatever their share),
 so a selective filter still finds the best passing moments: the rows a version carries (each segment's
-video path and duration) give the passing rows, a bitmap over them is the FAISS ID selector.
+video path and duration) give the passing rows, and the store searches each part of the version over them
+with an ID selector (store/search.py: effort scaled to the passing share, or exhaustive where few pass).
 """
 
 from __future__ import annotations
@@ -14,16 +15,17 @@ from __future__ import annotations
 import asyncio
 import bisect
 import logging
-import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import faiss
 import numpy as np
 
-from store.datadir import DataDir, IndexManifest, IndexNotFoundError, IndexSnapshot
+from store.layout import DataDir
+from store.manifest import IndexManifest, IndexNotFoundError
+from store.search import RowSelection
+from store.snapshot import IndexSnapshot
 
 from . import schemas
 from .errors import IndexUnavailableError
@@ -32,12 +34,6 @@ from .ranking import prefix_folder
 
 logger = logging.getLogger(__name__)
 
-# An approximate index (IVF, HNSW) is searched with its effort (nprobe, efSearch) divided by the passing share,
-# so that it meets about as many passing vectors as an unfiltered search meets vectors. Where that would cost
-# more than EFFORT_MAX times the tuned effort, or few vectors pass, the passing vectors are scored exhaustively
-# instead: exact and complete, at a bounded cost (one bit test per vector, distances for the passing ones).
-EXACT_MAX = 65_536  # passing vectors scored exhaustively whatever their share
-EFFORT_MAX = 8
 _SELECTIONS_KEPT = 32  # filter sets kept per served version (a bitmap of one bit per vector each)
 
 
@@ -108,7 +104,7 @@ class _Entry:
         return found
 
     def forget(self) -> None:
-        """Drop the filter tables (they hold the FAISS index) once the snapshot is closed."""
+        """Drop the filter tables (they hold the snapshot) once it is closed."""
         with self._lock:
             self._table, self._table_built = None, True
             self._selections.clear()
@@ -116,25 +112,28 @@ class _Entry:
 
 @dataclass(frozen=True, eq=False)
 class Selection:
-    """The rows of one index version that pass one set of filters."""
+    """The rows of one index version that pass one set of filters (and that the version serves)."""
 
     table: "RowTable"
-    count: int  # passing vectors
-    bitmap: np.ndarray  # uint8, bit r (little-endian within each byte) set when row r passes
-    selector: faiss.IDSelector  # over the inner index's row numbers, reading `bitmap`
+    rows: RowSelection  # per part of the version, the passing rows
+
+    @property
+    def count(self) -> int:
+        """Passing vectors."""
+        return self.rows.count
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """As `IndexSnapshot.search`, over the passing vectors only. Blocking."""
-        return self.table.search(queries, k, self)
+        """As `IndexSnapshot.search`, over the passing vectors only (store/search.py). Blocking."""
+        return self.table.snapshot.search(queries, k, self.rows)
 
 
 class RowTable:
-    """Which rows of an index version pass search filters, from the rows the version carries."""
+    """Which rows of an index version pass search filters, from the rows the version carries (over the rows of
+    all its parts: the snapshot leaves out those it does not serve)."""
 
-    def __init__(self, index: faiss.Index, ids: np.ndarray, video_pos: np.ndarray, paths: list[str],
+    def __init__(self, snapshot: IndexSnapshot, video_pos: np.ndarray, paths: list[str],
                  durations: list[Optional[float]]) -> None:
-        self.index = index  # the version's IndexIDMap2; its inner index is searched with row selectors
-        self.ids = ids  # int64 (n,) segment id of each row
+        self.snapshot = snapshot
         self.video_pos = video_pos  # int (n,) video of each row
         self.durations = np.array([np.nan if d is None else d for d in durations], dtype=np.float64)  # per video
         self._order = np.array(sorted(range(len(paths)), key=paths.__getitem__), dtype=np.int64)
@@ -143,11 +142,10 @@ class RowTable:
     @classmethod
     def of(cls, snapshot: IndexSnapshot) -> Optional["RowTable"]:
         """The table of a snapshot, or None when it carries no rows or its index cannot take a selector."""
-        index, columns = snapshot.cpu_index, snapshot.video_columns()
-        if columns is None or index is None or not hasattr(index, "id_map"):
+        columns = snapshot.video_columns()
+        if columns is None or not snapshot.supports_selection:
             return None  # no rows, or a GPU index: filter the hits after the search
-        video_pos, paths, durations = columns
-        return cls(index, snapshot.segment_ids(), video_pos, paths, durations)
+        return cls(snapshot, *columns)
 
     def passing_videos(self, filters: schemas.SearchFilters) -> np.ndarray:
         """bool per video: the same test as `ranking.passes` (a duration filter fails an unknown duration)."""
@@ -169,58 +167,7 @@ class RowTable:
         return keep
 
     def select(self, filters: schemas.SearchFilters) -> Selection:
-        rows = self.passing_videos(filters)[self.video_pos]  # (n,) bool
-        bitmap = np.packbits(rows, bitorder="little")
-        return Selection(self, int(rows.sum()), bitmap, faiss.IDSelectorBitmap(bitmap))
-
-    def search(self, queries: np.ndarray, k: int, selection: Selection) -> tuple[np.ndarray, np.ndarray]:
-        """As `IndexSnapshot.search`, over the selected rows only: at most two FAISS searches, the second (an
-        approximate index came back short) exhaustive over the selected rows."""
-        q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.index.d)
-        if selection.count == 0:
-            return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        inner = faiss.downcast_index(self.index.index)
-        params = _approximate(inner, selection.selector, k, selection.count / len(self.ids)) \
-            if selection.count > EXACT_MAX else None
-        if params is not None:
-            scores, rows = inner.search(q, k, params=params)
-            if np.all((rows >= 0).sum(axis=1) >= min(k, selection.count)):
-                return self._labelled(scores, rows)
-        index, params = _exhaustive(inner, selection.selector)
-        scores, rows = index.search(q, k, params=params)
-        return self._labelled(scores, rows)
-
-    def _labelled(self, scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        found = rows >= 0
-        ids = np.where(found, self.ids[np.where(found, rows, 0)], -1).astype(np.int64)
-        scores = scores.astype(np.float32, copy=True)
-        scores[~found] = -np.inf
-        return scores, ids
-
-
-def _approximate(inner: faiss.Index, selector: faiss.IDSelector, k: int,
-                 share: float) -> Optional[faiss.SearchParameters]:
-    """Parameters of an approximate search over the selected rows with its effort scaled to their share; None
-    where the index is exact anyway, or that search would cost more than scoring them all."""
-    if isinstance(inner, faiss.IndexIVF):
-        nprobe = math.ceil(inner.nprobe / share)
-        if nprobe > EFFORT_MAX * inner.nprobe or nprobe >= inner.nlist:
-            return None
-        return faiss.SearchParametersIVF(sel=selector, nprobe=nprobe)
-    if isinstance(inner, faiss.IndexHNSW):
-        tuned = max(inner.hnsw.efSearch, k)
-        ef = math.ceil(tuned / share)
-        return None if ef > EFFORT_MAX * tuned else faiss.SearchParametersHNSW(sel=selector, efSearch=ef)
-    return None
-
-
-def _exhaustive(inner: faiss.Index, selector: faiss.IDSelector) -> tuple[faiss.Index, faiss.SearchParameters]:
-    """The index and parameters that score every selected row: exact, and complete."""
-    if isinstance(inner, faiss.IndexIVF):
-        return inner, faiss.SearchParametersIVF(sel=selector, nprobe=inner.nlist)  # every list
-    if isinstance(inner, faiss.IndexHNSW):
-        return faiss.downcast_index(inner.storage), faiss.SearchParameters(sel=selector)  # the vectors, row for row
-    return inner, faiss.SearchParameters(sel=selector)
+        return Selection(self, self.snapshot.select(self.passing_videos(filters)[self.video_pos]))
 
 
 class IndexHolder:

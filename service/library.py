@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional
 
-from store.datadir import DataDir
+from store.layout import DataDir
 
 from . import schemas
 from .catalog import Catalog, FileCheck, SegmentRow, check_library_file

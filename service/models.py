@@ -14,7 +14,8 @@ import torch
 from model import AlproModel, Tokenizer, checkpoint_fingerprint, load_model
 from model.download import FetchError
 from model.hub import is_checkpoint_name, resolve_checkpoint
-from store.datadir import DataDir, IndexManifest
+from store.layout import DataDir
+from store.manifest import IndexManifest
 
 from . import schemas
 from .errors import StartupError

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 
 from model.preprocess import load_video
-from store.datadir import IndexRow, IndexSnapshot
+from store.rows import IndexRow
+from store.snapshot import IndexSnapshot
 
 from . import schemas
 from .catalog import SegmentRow

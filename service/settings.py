@@ -19,7 +19,8 @@ from . import schemas
 
 # flag of `alpro-serve` for each field that has one (the rest are ALPRO_* variables only)
 FLAGS = {"data_dir": "--data-dir", "host": "--host", "port": "--port", "checkpoint": "--checkpoint",
-         "bert_config": "--bert-config", "qa_checkpoint": "--qa-checkpoint", "device": "--device"}
+         "bert_config": "--bert-config", "qa_checkpoint": "--qa-checkpoint", "device": "--device",
+         "vector_store": "--vector-store"}
 
 
 class Settings(SharedSettings):

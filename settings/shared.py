@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Mapping, Optional, TypeVar
+from typing import Any, Literal, Mapping, Optional, TypeVar
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .logs import demote_library_logs
@@ -58,6 +58,9 @@ class SharedSettings(BaseSettings):
     device: str = "auto"  # auto (CUDA when present) | cpu | cuda | cuda:N
     home: Path = Field(default_factory=default_home)  # fetched checkpoints live in HOME/checkpoints
     checkpoint_url: str = DEFAULT_CHECKPOINT_URL  # where released checkpoints are downloaded from
+    # Where segment vectors live (issue 21): FAISS files in the data dir (embedded, the default), or PostgreSQL
+    # with pgvector, in the metadata database itself (store/pgvector/), so API replicas share only the database
+    vector_store: Literal["faiss", "pgvector"] = "faiss"
 
     @field_validator("device")
     @classmethod
@@ -78,6 +81,17 @@ class SharedSettings(BaseSettings):
         if value is not None and not value.strip():
             raise ValueError("is blank; leave it unset for the default")
         return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _pgvector_needs_postgresql(self) -> "SharedSettings":
+        # pgvector keeps the vectors beside the metadata: the metadata database must be PostgreSQL
+        url = self.database_url or ""
+        if self.vector_store == "pgvector" and not url.startswith(("postgresql:", "postgresql+")):
+            raise ValueError(
+                f"ALPRO_VECTOR_STORE=pgvector (--vector-store) keeps the vectors in the metadata database, which "
+                f"must be PostgreSQL with the pgvector extension: set ALPRO_DATABASE_URL to a "
+                f"postgresql+psycopg://... URL (it is {'unset' if not url else repr(url.split(':', 1)[0] + ':...')})")
+        return self
 
     @field_validator("checkpoint_url")
     @classmethod

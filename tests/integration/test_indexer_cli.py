@@ -13,7 +13,7 @@ from PIL import Image
 from sqlalchemy import select
 
 import model
-from store.datadir import DataDir
+from store.layout import DataDir
 from store.tables import Failure, IndexVersion, Video
 from tests.integration.test_indexer_support import (BROKEN, GOOD, LONG_SEGMENTS, Library, make_library, main_json,
                                                     read_state, run_cli_json)

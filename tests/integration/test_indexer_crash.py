@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import model
-from store.datadir import DataDir
+from store.layout import DataDir
 from indexer.pipeline import run_index
 from tests.integration.test_indexer_support import (ROOT, assert_same_content, make_library, read_state,
                                                     settings_for)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from store.datadir import DataDir
+from store.layout import DataDir
 from tests.integration.test_service_support import make_videos
 
 

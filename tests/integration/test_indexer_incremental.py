@@ -3,7 +3,6 @@ changed content is re-embedded, fixed failures are indexed, token features round
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from sqlalchemy import select
 
 import indexer.reader
 import model
-from store.datadir import DataDir
+from store.layout import DataDir
 from indexer.embedder import Embedder
 from indexer.pipeline import run_index
 from store.tables import Failure, Segment, Video
@@ -66,8 +65,8 @@ def ids_by_path(data: Path) -> dict[str, str]:
 
 
 def test_second_run_decodes_nothing_and_renames_keep_ids(library: Library, tmp_path: Path,  # noqa: F811
-                                                         tiny_checkpoint: Path, tiny_model, monkeypatch,  # noqa: F811
-                                                         caplog) -> None:
+                                                         tiny_checkpoint: Path, tiny_model,  # noqa: F811
+                                                         monkeypatch) -> None:
     counters = Counters(monkeypatch)
     data = tmp_path / "data"
     settings = settings_for(library.root, data, tiny_checkpoint)
@@ -93,7 +92,6 @@ def test_second_run_decodes_nothing_and_renames_keep_ids(library: Library, tmp_p
     moved.parent.mkdir()
     old.rename(moved)
     counters.reset()
-    caplog.set_level(logging.INFO, logger="indexer.publisher")
     third = run_index(settings, model=tiny_model)
     assert counters.opened == [] and counters.encoded == 0
     assert third.renamed == 1 and third.unchanged == len(GOOD) and third.missing == 0
@@ -107,9 +105,14 @@ def test_second_run_decodes_nothing_and_renames_keep_ids(library: Library, tmp_p
     datadir.dispose()
     snapshot = DataDir(data).open_index()
     assert seg_ids == sorted(snapshot.segment_ids().tolist())
-    # the version's copy of the rows follows the rename: a new version, the FAISS index reused, not rebuilt
+    # the version's copy of the rows follows the rename: a new version, a delta of the renamed video's vectors
+    # (its ids again, with the new path) over the base it had, which is not rebuilt
     assert third.published and third.index_version == second.index_version + 1
-    assert f"reusing the FAISS index of version {second.index_version}" in caplog.text
+    before = DataDir(data).read_manifest(second.index_version)
+    assert snapshot.manifest.parts[:-1] == before.parts  # one more part, the same base
+    renamed_segments = [s for s in seg_ids if snapshot.locate([s])[0][0] == ids_after[str(moved)]]
+    assert snapshot.manifest.delta_vectors - before.delta_vectors == len(renamed_segments)
+    assert snapshot.manifest.tombstones == 0  # the same ids, served from the newer part
     rows = {r.segment_id: r for r in snapshot.segment_rows(seg_ids)}
     assert {r.path for r in rows.values() if r.video_id == ids_after[str(moved)]} == {str(moved)}
     assert str(old) not in {r.path for r in rows.values()}
@@ -192,9 +195,9 @@ def test_token_features_round_trip(library: Library, tmp_path: Path, tiny_checkp
         with torch.no_grad():
             expected = tiny_model.video_tokens(frames[None])[0].numpy()
         np.testing.assert_allclose(tokens[row].astype(np.float32), expected, atol=2e-3, rtol=2e-3)
-    # versions share the cached token files instead of copying them
-    version_file = data / "index" / f"v{snapshot.version:06d}" / "tokens" / f"{long_video.id}.npy"
-    assert os.stat(version_file).st_nlink >= 2
+    # versions share the cached token files instead of copying them (in the part that holds the video)
+    held = [data / "index" / part / "tokens" / f"{long_video.id}.npy" for part in snapshot.manifest.parts]
+    assert [os.stat(path).st_nlink >= 2 for path in held if path.exists()] == [True]
 
 
 POSTGRES_URL = os.environ.get("ALPRO_TEST_POSTGRES_URL")

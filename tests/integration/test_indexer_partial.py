@@ -15,7 +15,7 @@ from sqlalchemy import inspect, select, text
 
 import model
 from indexer.cli import format_summary
-from store.datadir import DataDir
+from store.layout import DataDir
 from indexer.pipeline import RunSummary
 from store.tables import Video, create_engine_for, init_db
 from model.decode import decord_available

@@ -26,7 +26,7 @@ from indexer.preview import (PreviewError, PreviewJob, browser_playable, make_pr
                              remove_temporaries)
 from indexer.previewer import run_jobs
 from indexer.settings import build_parser, settings_from
-from store.datadir import SEGMENTS_NAME, DataDir
+from store.layout import ROWS_DIR, DataDir
 from store.tables import Failure, Video, add_missing_columns, create_engine_for, init_db
 from tests.integration.test_indexer_support import ROOT, settings_for
 from tests.integration.test_indexer_support import tiny_checkpoint  # noqa: F401
@@ -353,11 +353,8 @@ def test_cli_with_worker_processes_and_an_older_data_dir(sources: dict[str, Path
     with engine.begin() as conn:
         for column in ("container", "playable", "preview_bytes", "preview_error"):
             conn.execute(text(f"ALTER TABLE videos DROP COLUMN {column}"))
-    version_file = DataDir(data).version_dir(summary["index_version"]) / SEGMENTS_NAME
-    with np.load(version_file) as old:
-        columns = {name: old[name] for name in old.files if name != "preview"}
-    with open(version_file, "wb") as f:
-        np.savez(f, **columns)
+    for part in DataDir(data).read_manifest(summary["index_version"]).parts:
+        (data / "index" / part / ROWS_DIR / "preview.npy").unlink()
     with DataDir(data).open_index() as snapshot:  # an older version reads as "no previews"
         assert not any(r.preview for r in snapshot.segment_rows(snapshot.segment_ids()))
 

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 import model
-from store.datadir import DataDir
+from store.layout import DataDir
 from indexer.settings import IndexSettings
 from store.tables import Failure, Segment, Video
 from tests.video_factory import write_broken_files, write_video

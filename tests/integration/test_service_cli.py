@@ -15,12 +15,15 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from tests.integration.test_service_support import free_socket, service_env  # noqa: E402,F401
+from tests.pg_server import backend_environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def _serve(args: list[str], **env: str) -> subprocess.Popen:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ALPRO_")}
+    if "--data-dir" in args:  # ALPRO_TEST_VECTOR_STORE: the backend that data dir was indexed with
+        environ.update(backend_environment(args[args.index("--data-dir") + 1]))
     environ.update(env)
     environ["PYTHONPATH"] = str(ROOT) + os.pathsep + environ.get("PYTHONPATH", "")
     return subprocess.Popen([sys.executable, "-m", "service.cli", *args], cwd=ROOT, env=environ,

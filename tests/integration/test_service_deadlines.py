@@ -11,6 +11,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from tests.integration.test_service_support import run_server, service_env  # noqa: E402,F401
+from tests.pg_server import backend_settings  # noqa: E402
 from tests.video_factory import write_video  # noqa: E402
 
 
@@ -31,7 +32,7 @@ def long_library(service_env, tmp_path_factory):
     paths = [write_video(root / "videos" / f"long_{i}.mp4", 90 * 25 + i, fps=25, gop=250) for i in range(3)]
     summary = run_index(IndexSettings(videos_dir=root / "videos", data_dir=root / "data",
                                       checkpoint=service_env.retrieval, segment_seconds=30.0, num_workers=0,
-                                      progress=False))
+                                      progress=False, **backend_settings(root / "data")))
     assert summary.published and summary.indexed == 3, summary.to_dict()
     return root / "data", [content_id(str(p)) for p in paths]
 

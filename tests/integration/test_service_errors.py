@@ -17,6 +17,7 @@ import pytest
 httpx = pytest.importorskip("httpx")
 
 from tests.integration.test_service_support import free_socket, run_server, service_env  # noqa: E402,F401
+from tests.pg_server import backend_environment  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "s3cret"
@@ -249,6 +250,7 @@ def _port() -> int:
 def test_serve_logs_no_faiss_loader_lines_at_info(service_env):
     port = _port()
     environ = {k: v for k, v in os.environ.items() if not k.startswith("ALPRO_")}
+    environ.update(backend_environment(service_env.data))  # ALPRO_TEST_VECTOR_STORE
     proc = subprocess.Popen([str(Path(sys.executable).parent / "alpro-serve"), "--data-dir", str(service_env.data),
                              "--port", str(port), "--no-access-log"], cwd=ROOT, env=environ,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

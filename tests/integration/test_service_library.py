@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from tests.integration.test_service_support import COLORS, make_checkpoints, run_server
+from tests.pg_server import backend_settings
 from tests.video_factory import solid_frames, write_video
 
 # relative path -> (seconds, codec); 10 fps, 64 x 48 (not square: the preview keeps the aspect)
@@ -33,7 +34,8 @@ def library(tmp_path_factory):
         write_video(videos / rel, len(frames), codec=codec, fps=10, width=64, height=48, frames=frames)
     (videos / BROKEN).write_bytes(b"not a video at all" * 100)
     summary = run_index(IndexSettings(videos_dir=videos, data_dir=root / "data", checkpoint=retrieval,
-                                      segment_seconds=1.0, num_workers=0, progress=False, store_tokens=True))
+                                      segment_seconds=1.0, num_workers=0, progress=False, store_tokens=True,
+                                      **backend_settings(root / "data")))
     assert summary.failed == 1 and summary.published, summary.to_dict()
     return root, videos.resolve()
 
@@ -43,7 +45,8 @@ def live(library):
     from service.settings import Settings
 
     root, _ = library
-    with run_server(Settings(data_dir=root / "data", index_poll_s=0.1, decode_workers=1)) as server:
+    with run_server(Settings(data_dir=root / "data", index_poll_s=0.1, decode_workers=1,
+                             **backend_settings(root / "data"))) as server:
         yield server
 
 

@@ -13,13 +13,14 @@ from sqlalchemy import select, text, update
 
 httpx = pytest.importorskip("httpx")
 
-from store.datadir import DataDir  # noqa: E402
+from store.layout import DataDir  # noqa: E402
 from indexer.discover import content_id  # noqa: E402
 from indexer.pipeline import run_index  # noqa: E402
 from indexer.settings import IndexSettings  # noqa: E402
 from store.tables import Video  # noqa: E402
 from model import create_model  # noqa: E402
 from tests.integration.test_service_support import index_videos, make_videos, run_server  # noqa: E402
+from tests.pg_server import backend_settings  # noqa: E402
 
 SECRET = b"root-only secret: must never leave the server\n"
 
@@ -33,24 +34,24 @@ def checkpoint(tmp_path_factory) -> Path:
 def settings(data: Path):
     from service.settings import Settings
 
-    return Settings(data_dir=data, qa_checkpoint=None, index_poll_s=0.1, decode_workers=1)
+    return Settings(data_dir=data, qa_checkpoint=None, index_poll_s=0.1, decode_workers=1, **backend_settings(data))
 
 
 def reindex(videos: Path, data: Path, checkpoint: Path):
     """alpro-index again over the same folder (publishes only if something changed)."""
     summary = run_index(IndexSettings(videos_dir=videos, data_dir=data, checkpoint=checkpoint, segment_seconds=1.0,
-                                      num_workers=0, progress=False))
+                                      num_workers=0, progress=False, **backend_settings(data)))
     assert summary.failed == 0, summary.to_dict()
     return summary
 
 
 def db_paths(data: Path) -> dict[str, str]:
-    with DataDir(data).session() as session:
+    with DataDir(data, backend_settings(data).get("database_url")).session() as session:
         return dict(session.execute(select(Video.id, Video.path)).all())
 
 
 def db_roots(data: Path) -> list[str]:
-    with DataDir(data).session() as session:
+    with DataDir(data, backend_settings(data).get("database_url")).session() as session:
         return list(session.scalars(text("SELECT path FROM library_roots ORDER BY path")))
 
 
@@ -85,7 +86,7 @@ def test_stream_refuses_a_symlink_out_of_the_library(checkpoint, tmp_path):
     # a row pointing straight out of the library (a tampered or foreign database), same size and mtime
     stolen = outside / "green.mp4"
     shutil.copy2(green, stolen)
-    with DataDir(data).session() as session:
+    with DataDir(data, backend_settings(data).get("database_url")).session() as session:
         session.execute(update(Video).where(Video.id == ids["green"]).values(path=str(stolen)))
         session.commit()
 
@@ -202,7 +203,7 @@ def test_database_from_before_library_roots(checkpoint, tmp_path):
     (red,) = make_videos(lib, ("red",))
     data = tmp_path / "data"
     index_videos(lib, data, checkpoint)
-    with DataDir(data).session() as session:
+    with DataDir(data, backend_settings(data).get("database_url")).session() as session:
         session.execute(text("DROP TABLE IF EXISTS library_roots"))
         session.commit()
     video_id = content_id(str(red))

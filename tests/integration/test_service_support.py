@@ -1,9 +1,9 @@
 """Shared helpers of the service tests (no tests here): checkpoints, videos, data dirs and a live server.
 
 The shared data dirs are built by the indexer itself (`index_videos`). `DataDirWriter` writes one in the
-layout of store/datadir.py from the indexer's pieces (ORM, segment windows, content ids, thumbnails,
-FAISS builder) where a test needs control: vectors it chooses, rows whose file is gone, a foreign
-checkpoint fingerprint. `run_server` starts the real app under uvicorn on 127.0.0.1 and a free port.
+format-1 layout of store/layout.py (still read: the version directory is its one part) from the indexer's
+pieces (ORM, segment windows, content ids, thumbnails, FAISS builder) where a test needs control: vectors
+it chooses, rows whose file is gone, a foreign checkpoint fingerprint. `run_server` starts the real app under uvicorn on 127.0.0.1 and a free port.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ import numpy as np
 import pytest
 import torch
 
-from store.datadir import (CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, TOKENS_DIR, DataDir,
-                             IndexManifest, version_name)
+from store.layout import CURRENT_NAME, FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, TOKENS_DIR, DataDir, version_name
+from store.manifest import IndexManifest
 from indexer.discover import content_id
-from indexer.faiss_index import build_index
+from store.faiss_build import build_index
 from indexer.reader import encode_jpeg, segment_windows
 from store.tables import Segment, Video, create_engine_for, init_db
 from model import AlproModel, checkpoint_fingerprint, create_model, load_video, probe_video
 from model.decode import decode_frames
+from tests.pg_server import PGVECTOR, backend_settings, publish_copy
 from tests.video_factory import solid_frames, write_video
 
 COLORS = {"red": (220, 30, 30), "blue": (30, 40, 220), "green": (30, 200, 40), "yellow": (230, 220, 30),
@@ -83,7 +84,7 @@ class DataDirWriter:
     videos: dict[str, _VideoEntry] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.data_dir = DataDir(self.root)
+        self.data_dir = DataDir(self.root, backend_settings(self.root).get("database_url"))  # pgvector: its DB
         self.data_dir.enable_writes()
         init_db(create_engine_for(self.data_dir.database_url))
         self.engine = create_engine_for(self.data_dir.database_url)
@@ -190,6 +191,8 @@ class DataDirWriter:
         current_tmp = self.data_dir.index_dir / f".{CURRENT_NAME}.tmp"
         current_tmp.write_text(version_name(version))
         os.replace(current_tmp, self.data_dir.current_file)
+        if PGVECTOR:  # ALPRO_TEST_VECTOR_STORE=pgvector: the same version in the vector tables
+            publish_copy(self.data_dir, ids, matrix, manifest)
         return version
 
 
@@ -267,6 +270,7 @@ class ServiceEnv:
         from service.settings import Settings
 
         values = dict(data_dir=data or self.data, qa_checkpoint=self.qa, index_poll_s=0.1, decode_workers=1)
+        values.update(backend_settings(data or self.data))  # ALPRO_TEST_VECTOR_STORE
         values.update(overrides)
         return Settings(**values)
 
@@ -276,13 +280,16 @@ class ServiceEnv:
         return DataDirWriter(root, load_pretrained(self.retrieval), self.retrieval)
 
 
-def index_videos(videos: Path, data: Path, checkpoint: Path, *, store_tokens: bool = False) -> int:
-    """Run the real indexer (`alpro-index`'s pipeline) over a folder; returns the published version."""
+def index_videos(videos: Path, data: Path, checkpoint: Path, *, store_tokens: bool = False, **overrides) -> int:
+    """Run the real indexer (`alpro-index`'s pipeline) over a folder, on the backend under test unless `overrides`
+    say otherwise (IndexSettings fields); returns the published version."""
     from indexer.pipeline import run_index
     from indexer.settings import IndexSettings
 
-    summary = run_index(IndexSettings(videos_dir=videos, data_dir=data, checkpoint=checkpoint, segment_seconds=1.0,
-                                      num_workers=0, progress=False, store_tokens=store_tokens))
+    values = dict(videos_dir=videos, data_dir=data, checkpoint=checkpoint, segment_seconds=1.0, num_workers=0,
+                  progress=False, store_tokens=store_tokens, **backend_settings(data))
+    values.update(overrides)
+    summary = run_index(IndexSettings(**values))
     assert summary.failed == 0 and summary.published, summary.to_dict()
     return summary.index_version
 

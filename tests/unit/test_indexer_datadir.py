@@ -11,9 +11,12 @@ from sqlalchemy import select
 
 from indexer import catalog
 from indexer.cache import CacheEntry, EmbeddingCache
-from store.datadir import DataDir, IndexMismatchError, IndexNotFoundError
+from store.layout import DataDir
+from store.manifest import IndexMismatchError, IndexNotFoundError
 from indexer.discover import FoundFile
-from indexer.publisher import apply_retention, publish, remove_temporaries
+from indexer.publisher import publish
+from store.atomic import remove_temporaries
+from store.retention import apply_retention
 from store.tables import IndexVersion, init_db
 
 DIM = 16
@@ -212,7 +215,9 @@ def test_snapshot_locates_and_reads_rows_by_segment_id(tmp_path: Path, ids) -> N
     """Dense ids take the direct id -> row table, sparse ones the binary search: the same answers."""
     import faiss
 
-    from store.datadir import FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME, IndexManifest, IndexSnapshot
+    from store.layout import FAISS_NAME, MANIFEST_NAME, SEGMENTS_NAME
+    from store.manifest import IndexManifest
+    from store.snapshot import IndexSnapshot
 
     version_dir = tmp_path / "v000001"
     version_dir.mkdir()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexer.faiss_index import FLAT_MAX, HNSW_MAX, IndexBuildError, build_index, choose_index_type, ivf_nlist
+from store.faiss_build import FLAT_MAX, HNSW_MAX, IndexBuildError, build_index, choose_index_type, ivf_nlist
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 40, seed: int = 0) -> np.ndarray:

@@ -14,7 +14,8 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from indexer import catalog
-from store.datadir import DataDir
+from store import history
+from store.layout import DataDir
 from indexer.discover import FoundFile
 from store.tables import Failure, FileHash, IndexVersion, Segment, Video, create_engine_for, has_schema, init_db
 
@@ -162,11 +163,11 @@ def test_versions_and_state_queries(engine) -> None:
         assert groups[1].path == "/v/b.mp4" and len(groups[0].starts) == len(groups[0].thumbnails) == 2
         assert catalog.stale_video_ids(session, "key1") == []
         assert sorted(catalog.stale_video_ids(session, "other")) == ["a" * 32, "b" * 32]
-        assert catalog.next_version(session) == 1
-        catalog.record_version(session, version=1, created_at=datetime.now(timezone.utc), fingerprint="fp1",
+        assert history.next_version(session) == 1
+        history.record_version(session, version=1, created_at=datetime.now(timezone.utc), fingerprint="fp1",
                                num_videos=2, num_segments=3, index_type="flat", recall_at_10=1.0)
-        assert catalog.next_version(session) == 2
-        catalog.mark_versions_deleted(session, [1])
+        assert history.next_version(session) == 2
+        history.mark_versions_deleted(session, [1])
         assert session.get(IndexVersion, 1).status == "deleted"
 
 
