@@ -19,6 +19,8 @@ from typing import Iterable
 
 import numpy as np
 
+from store.atomic import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 TMP_MARK = ".tmp-"
@@ -39,14 +41,6 @@ class CacheEntry:
     @property
     def num_segments(self) -> int:
         return int(self.embeddings.shape[0])
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def atomic_write(path: Path, write, *, fsync: bool = True) -> None:

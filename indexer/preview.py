@@ -38,7 +38,9 @@ from typing import Iterator
 import av
 import numpy as np
 
-from .cache import TMP_MARK, fsync_dir
+from store.atomic import fsync_dir
+
+from .cache import TMP_MARK
 from .errors import is_disk_full
 
 logger = logging.getLogger(__name__)
