@@ -15,7 +15,7 @@ from settings import load_settings
 from .deps import require_api_key
 from .engine import Engine
 from .errors import StartupError, install_error_handlers
-from .fastpath import SearchFastPath
+from .fastpath import SEARCH_PATH, SearchFastPath
 from .metrics import Metrics, MetricsMiddleware
 from .middleware import BodyLimitMiddleware, Drain, DrainMiddleware, ErrorBodyMiddleware, JSONCORSMiddleware
 from .routes import search, system, ui, videos
@@ -93,7 +93,8 @@ def create_app(settings: Optional[Settings] = None) -> FastAPI:
     # added innermost first: metrics sees everything, CORS headers go on 413s too, every error leaves in the
     # error format; the /search fast path answers plain searches before CORS, the body limit and the router
     # (it hands every other case on)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       path_limits={SEARCH_PATH: settings.search_body_bytes})
     if settings.cors_origins:
         app.add_middleware(JSONCORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST", "HEAD"], allow_headers=["Content-Type", "X-API-Key", "Range"],

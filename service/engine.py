@@ -1,8 +1,10 @@
 """The engine behind the routes: the loaded checkpoints, the served index version, the metadata database,
 the caches and the model thread, built once per app. What a request does with them lives beside it:
-search in searching.py (mixed in as `Searching`), question answering in answering.py (`Answering`), the
-library's listings and files in library.py (`Engine.library`). Every model call runs on the model thread
-(`batching.ModelWorker`); blocking database and file look-ups on the DB threads (`Engine._db`).
+search in searching.py (mixed in as `Searching`), image and example queries in queries.py (`QueryVectors`),
+similar videos in similar.py (`Similar`), zero-shot labels in classifying.py (`Classifying`), question
+answering in answering.py (`Answering`), the library's listings and files in library.py (`Engine.library`).
+Every model call runs on the model thread (`batching.ModelWorker`); blocking database and file look-ups on the
+DB threads (`Engine._db`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from store.manifest import IndexManifest
 
 from . import schemas
 from .answering import Answering
+from .classifying import Classifying, PromptCache
 from .batching import ModelWorker
 from .cache import ByteLRU
 from .catalog import Catalog, RowCache
@@ -32,7 +35,9 @@ from .library import Library
 from .pg_index import PgIndexHolder, open_published
 from .metrics import Metrics
 from .models import LoadedModel, load_checkpoint, manifest_checkpoint, not_there_yet
+from .queries import QueryVectors
 from .searching import Hits, Searching, TextQuery
+from .similar import Similar
 from .settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -45,7 +50,7 @@ _AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # an 
 # The engine
 
 
-class Engine(Searching, Answering):
+class Engine(Searching, QueryVectors, Similar, Classifying, Answering):
     """Loaded models, the served index version, the metadata DB and the caches; built once per app."""
 
     def __init__(self, settings: Settings, metrics: Metrics, data_dir: DataDir, retrieval: Optional[LoadedModel],
@@ -71,6 +76,7 @@ class Engine(Searching, Answering):
                                             lambda hit: metrics.cache_lookup("segment_tokens", hit))
         self.qa_cache: ByteLRU = ByteLRU(int(settings.qa_cache_mb * 2**20),
                                          lambda hit: metrics.cache_lookup("qa_video_tokens", hit))
+        self.prompt_cache = PromptCache(settings.prompt_cache_size)
         self.decoder = DecodePool(settings.decode_workers, settings.max_decode_jobs, settings.retry_after_s, metrics)
         # few, long-lived threads for the metadata DB: bounded DB concurrency, and a connection per thread
         self._db_pool = ThreadPoolExecutor(settings.db_workers, thread_name_prefix="db")

@@ -3,12 +3,14 @@
 Every error body is `{"error": code, "message": text}`, plus `detail` (a list of {loc, msg, type}) on a 422
 and only there. Status codes: 400 a malformed request the framework refused (e.g. a bad Range header, a CORS
 pre-flight from another origin); 401 missing/wrong API key; 404 unknown video, segment or route; 405 wrong
-method; 409 video file changed since indexing; 413 body too large; 415 a request body that is not JSON;
-416 a Range outside the file; 422 invalid input (`invalid_request`) or malformed JSON (`invalid_json`);
-501 QA not configured on this server (a deployment choice: retrying will not help); 503 index missing or
-empty, model not loaded, metadata database unreachable, overloaded or shutting down, always with
-Retry-After; 504 the request passed the server's deadline. Responses that framework parts make in another
-format are rewritten to this one by `middleware.ErrorBodyMiddleware`.
+method; 409 video file changed since indexing; 413 body too large (`payload_too_large`) or an image query
+over the byte or pixel limit (`image_too_large`); 415 a request body that is not JSON; 416 a Range outside the
+file; 422 invalid input (`invalid_request`), malformed JSON (`invalid_json`), an image query that is no PNG
+or JPEG (`invalid_image`), a video that cannot be decoded (`video_undecodable`); 501 QA not configured on
+this server (a deployment choice: retrying will not help); 503 index missing or empty, model not loaded,
+metadata database unreachable, overloaded or shutting down, always with Retry-After; 504 the request passed
+the server's deadline. Responses that framework parts make in another format are rewritten to this one by
+`middleware.ErrorBodyMiddleware`.
 """
 
 from __future__ import annotations
@@ -80,6 +82,18 @@ class VideoUndecodableError(ServiceError):
 class PayloadTooLargeError(ServiceError):
     status_code = 413
     code = "payload_too_large"
+
+
+class ImageTooLargeError(PayloadTooLargeError):
+    """An image query over the server's byte or pixel limit."""
+
+    code = "image_too_large"
+
+
+class InvalidImageError(InvalidRequestError):
+    """An image query that is not base64 of a readable PNG or JPEG."""
+
+    code = "invalid_image"
 
 
 class UnsupportedMediaTypeError(ServiceError):

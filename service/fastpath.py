@@ -34,7 +34,7 @@ class SearchFastPath:
     def __init__(self, app: ASGIApp, owner: FastAPI, settings: Settings) -> None:
         self.app = app
         self.owner = owner
-        self.max_bytes = settings.max_body_bytes
+        self.max_bytes = settings.search_body_bytes
         self.api_key = expected_api_key(settings)
         self.cors = bool(settings.cors_origins)
 

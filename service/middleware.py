@@ -26,24 +26,27 @@ class _TooLarge(HTTPException):
 
 
 class BodyLimitMiddleware:
-    """413 for a declared Content-Length over `max_bytes`, or a streamed body that grows past it."""
+    """413 for a declared Content-Length over the limit, or a streamed body that grows past it: `max_bytes`, or
+    the limit `path_limits` gives the request's path (POST /search takes images)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, path_limits: Optional[dict[str, int]] = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.path_limits = path_limits or {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.path_limits.get(scope["path"], self.max_bytes)
         for name, value in scope.get("headers", ()):
             if name == b"content-length":
                 try:
                     declared = int(value)
                 except ValueError:
                     declared = 0
-                if declared > self.max_bytes:
-                    await self._reject(send)
+                if declared > limit:
+                    await self._reject(send, limit)
                     return
         received = 0
         started = False
@@ -53,8 +56,8 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _TooLarge(self.max_bytes)
+                if received > limit:
+                    raise _TooLarge(limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -67,10 +70,10 @@ class BodyLimitMiddleware:
             await self.app(scope, limited_receive, tracking_send)
         except _TooLarge:
             if not started:
-                await self._reject(send)
+                await self._reject(send, limit)
 
-    async def _reject(self, send: Send) -> None:
-        message = f"request body larger than this server's limit of {self.max_bytes} bytes"
+    async def _reject(self, send: Send, limit: int) -> None:
+        message = f"request body larger than this server's limit of {limit} bytes"
         body = json.dumps(error_body("payload_too_large", message)).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),

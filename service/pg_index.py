@@ -55,6 +55,7 @@ class ServedSnapshot(VectorSnapshot):
     search = _unavailable_on_db_error(VectorSnapshot.search)
     count = _unavailable_on_db_error(VectorSnapshot.count)
     segment_rows = _unavailable_on_db_error(VectorSnapshot.segment_rows)
+    vectors = _unavailable_on_db_error(VectorSnapshot.vectors)
 
 
 def row_filter(filters: schemas.SearchFilters) -> RowFilter:

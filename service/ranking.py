@@ -67,9 +67,12 @@ def passes(row: SegmentRow, filters: Optional[schemas.SearchFilters]) -> bool:
 
 
 def query_key(request: schemas.SearchRequest) -> str:
-    """What a cursor must belong to: query, filters and re-ranking (not the page size)."""
+    """What a cursor must belong to: the query (text, image or example), filters, re-ranking and the score cutoff
+    (not the page size)."""
     payload = {"q": request.query, "f": request.filters.model_dump() if request.filters else None,
-               "r": request.rerank}
+               "r": request.rerank, "m": request.min_score,
+               "i": hashlib.sha256(request.image.encode()).hexdigest() if request.image is not None else None,
+               "e": request.example.model_dump() if request.example is not None else None}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

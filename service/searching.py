@@ -68,7 +68,7 @@ class Searching:
     async def search(self, request: schemas.SearchRequest) -> schemas.SearchResponse:
         start = time.perf_counter()
         settings = self.settings
-        if len(request.query) > settings.max_query_chars:
+        if request.query is not None and len(request.query) > settings.max_query_chars:
             raise InvalidRequestError(
                 f"query: longer than this server's limit of {settings.max_query_chars} characters")
         if request.top_k > settings.max_top_k:
@@ -82,6 +82,11 @@ class Searching:
             manifest = lease.manifest
             if manifest.num_vectors == 0:
                 raise IndexUnavailableError(f"index version {manifest.version} is empty: no video has been indexed")
+            vector, source = None, None  # a text query is embedded on the model thread with the others
+            if request.image is not None:
+                vector = await self._image_vector(request.image, lease, timer)
+            elif request.example is not None:
+                vector, source = await self._example_vector(request.example, lease, timer)
             # Filters restrict the FAISS search to the rows that pass (a version without its rows: the hits are
             # filtered instead, as deep as max_fetch); then max_fetch bounds only how deep grouping by video
             # looks, as for an unfiltered search
@@ -96,14 +101,16 @@ class Searching:
             candidates: list[Candidate] = []
             hits: Optional[Hits] = None
             if searchable:  # else nothing passes the filters
-                candidates, hits = await self._videos(request, lease, selection, min(searchable, settings.max_fetch),
-                                                      want, timer)
+                candidates, hits = await self._videos(request, vector, lease, selection,
+                                                      min(searchable, settings.max_fetch), want, timer)
             reranked = 0
             if rerank_k and candidates:
                 t = time.perf_counter()
                 async with self._deadline("re-ranking"):
                     reranked = await self._rerank(request.query, candidates, rerank_k, lease)
                 timer.add("rerank", time.perf_counter() - t)
+            if request.min_score is not None:
+                candidates = [c for c in candidates if c.score >= request.min_score]
             version = lease.version
             page = candidates[offset:end]
             if hits is not None and page:
@@ -116,21 +123,28 @@ class Searching:
                 self.metrics.observe_stage(stage, seconds)
         timings = timer.seconds
         return schemas.SearchResponse(
-            query=request.query, results=[self._hit(c) for c in page], offset=offset,
+            query_type=request.query_type, query=request.query, example_source=source, results=[self._hit(c) for c in page], offset=offset,
             next_cursor=encode_cursor(end, query_key(request)) if has_more else None, reranked=reranked,
             index_version=version, took_ms=round((time.perf_counter() - start) * 1000, 3),
             timings=schemas.StageTimings(
                 encode_ms=round(timings["encode"] * 1000, 3), faiss_ms=round(timings["faiss"] * 1000, 3),
                 db_ms=round(timings["db"] * 1000, 3), rerank_ms=round(timings["rerank"] * 1000, 3)))
 
-    async def _videos(self, request: schemas.SearchRequest, lease: IndexLease, selection: Optional[Selection],
-                      limit: int, want: int, timer: StageTimer) -> tuple[list[Candidate], Hits]:
-        """Up to `want` videos at their best moment, best first, from at most `limit` FAISS hits."""
+    async def _videos(self, request: schemas.SearchRequest, vector: Optional[np.ndarray], lease: IndexLease,
+                      selection: Optional[Selection], limit: int, want: int,
+                      timer: StageTimer) -> tuple[list[Candidate], Hits]:
+        """Up to `want` videos at their best moment, best first, from at most `limit` FAISS hits of the text query
+        (embedded on the model thread, batched with others) or of `vector`."""
         k = min(limit, max(want * self.settings.overfetch, 16))
-        hits: Hits = await self.worker.submit(TextQuery(request.query, lease.snapshot, k, selection))
-        timer.add("encode", hits.encode_s)
-        timer.add("faiss", hits.faiss_s)
         search = lease.snapshot.search if selection is None else selection.search
+        if vector is None:
+            hits: Hits = await self.worker.submit(TextQuery(request.query, lease.snapshot, k, selection))
+            timer.add("encode", hits.encode_s)
+        else:
+            t = time.perf_counter()
+            scores, ids = await asyncio.to_thread(search, vector[None], k)
+            hits = Hits(vector, np.asarray(scores[0]), np.asarray(ids[0]), 0.0, time.perf_counter() - t)
+        timer.add("faiss", hits.faiss_s)
         rows: dict[int, Optional[SegmentRow]] = {}
         while True:
             candidates = await self._candidates(hits, lease.snapshot, rows, lease.manifest.metric, request.filters,
@@ -160,22 +174,8 @@ class Searching:
             chunk = firsts[pos:pos + (want - len(out)) * (4 if filters is not None else 1)]
             pos += len(chunk)
             missing = [ids[i] for i in chunk if ids[i] not in rows]
-            if missing and snapshot.has_rows:  # the version carries its rows: no database round trip
-                rows.update((info.segment_id, self._segment_row(info)) for info in snapshot.segment_rows(missing))
-                missing = []
-            if missing and self.row_cache.max_rows > 0:
-                cached = self.row_cache.get_many(snapshot.version, missing)
-                rows.update(cached)
-                self._row_hits.inc(len(cached))
-                missing = [segment_id for segment_id in missing if segment_id not in cached]
             if missing:
-                self._row_misses.inc(len(missing))
-                t = time.perf_counter()
-                found = await self._db(self.catalog.segments, missing, observe=False)
-                timer.add("db", time.perf_counter() - t)
-                self.row_cache.put_many(snapshot.version, found.values())
-                for segment_id in missing:
-                    rows[segment_id] = found.get(segment_id)  # None: the row is gone (video removed)
+                rows.update(await self._rows_by_id(snapshot, missing, timer))
             for i in chunk:
                 row = rows[ids[i]]
                 if row is not None and passes(row, filters):
@@ -196,24 +196,38 @@ class Searching:
             if c is not None and count.get(video_id, 0) < schemas.MAX_MOMENTS:
                 count[video_id] = count.get(video_id, 0) + 1
                 picked.append((c, segment_id, cosine))
-        known = {c.row.segment_id: c.row for c in page}
+        known: dict[int, Optional[SegmentRow]] = {c.row.segment_id: c.row for c in page}
         missing = [segment_id for _, segment_id, _ in picked if segment_id not in known]
-        if missing and snapshot.has_rows:
-            known.update((info.segment_id, self._segment_row(info)) for info in snapshot.segment_rows(missing))
-        elif missing:  # a version without its rows: the row cache, then the database, as for the results
-            known.update(self.row_cache.get_many(snapshot.version, missing))
-            missing = [segment_id for segment_id in missing if segment_id not in known]
-            if missing:
-                t = time.perf_counter()
-                found = await self._db(self.catalog.segments, missing, observe=False)
-                timer.add("db", time.perf_counter() - t)
-                self.row_cache.put_many(snapshot.version, found.values())
-                known.update(found)
+        if missing:
+            known.update(await self._rows_by_id(snapshot, missing, timer))
         for c, segment_id, cosine in picked:
             row = known.get(segment_id)
             if row is not None:
                 c.moments.append(schemas.Moment(segment_index=row.index, start=row.start_s, end=row.end_s,
                                                 similarity=cosine))
+
+    async def _rows_by_id(self, snapshot: IndexSnapshot, segment_ids: list[int],
+                          timer: StageTimer) -> dict[int, Optional[SegmentRow]]:
+        """What results show of these segments: from the version itself where it carries its rows, else the row
+        cache, else the metadata database (None: the row is gone, its video removed)."""
+        if snapshot.has_rows:  # no database round trip
+            return {info.segment_id: self._segment_row(info) for info in snapshot.segment_rows(segment_ids)}
+        out: dict[int, Optional[SegmentRow]] = {}
+        missing = segment_ids
+        if self.row_cache.max_rows > 0:
+            cached = self.row_cache.get_many(snapshot.version, missing)
+            out.update(cached)
+            self._row_hits.inc(len(cached))
+            missing = [segment_id for segment_id in missing if segment_id not in cached]
+        if missing:
+            self._row_misses.inc(len(missing))
+            t = time.perf_counter()
+            found = await self._db(self.catalog.segments, missing, observe=False)
+            timer.add("db", time.perf_counter() - t)
+            self.row_cache.put_many(snapshot.version, found.values())
+            for segment_id in missing:
+                out[segment_id] = found.get(segment_id)
+        return out
 
     async def _refresh_roots(self) -> None:
         """Re-read the library folders (for relative paths) without failing a search when the database is down."""

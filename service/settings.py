@@ -49,6 +49,14 @@ class Settings(SharedSettings):
     rerank_default: int = Field(20, ge=1, le=schemas.MAX_RERANK)  # candidates re-ranked for `"rerank": true`
     overfetch: int = Field(4, ge=1, le=64)  # FAISS hits fetched per wanted video, before grouping
     max_fetch: int = Field(4096, ge=1)  # FAISS hits fetched at most per query (filters search passing rows only)
+    max_image_bytes: int = Field(8 * 2**20, ge=1024, le=64 * 2**20)  # an image query's file; /search bodies may
+    # be this much larger (base64) than max_body_bytes
+    max_image_pixels: int = Field(40_000_000, ge=1, le=400_000_000)  # an image query's width x height
+
+    # --- question answering on long videos (grounded answers) and zero-shot labels
+    qa_segments: int = Field(3, ge=1, le=16)  # a long video's segments most similar to the question answered on
+    qa_min_confidence: float = Field(0.5, ge=0, le=1)  # a grounded answer below this probability abstains
+    prompt_cache_size: int = Field(20_000, ge=0)  # prompt text features kept (one vector each)
 
     # --- concurrency
     batch_window_ms: Optional[float] = Field(None, ge=0, le=100)  # wait for more queries; None: 2 on GPU, 0 on CPU
@@ -115,6 +123,11 @@ class Settings(SharedSettings):
         if self.api_key is not None and self.api_key.get_secret_value() != self.api_key.get_secret_value().strip():
             raise ValueError("ALPRO_API_KEY starts or ends with whitespace, which an HTTP header cannot carry")
         return self
+
+    @property
+    def search_body_bytes(self) -> int:
+        """The body limit of POST /search: room for the largest image in base64 (and a data: URL prefix)."""
+        return self.max_body_bytes + 4 * -(-self.max_image_bytes // 3) + 64
 
     @property
     def resolved_device(self) -> str:

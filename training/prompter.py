@@ -26,21 +26,9 @@ import torch.nn.functional as F
 
 from model import AlproModel, Tokenizer
 from model.alpro import TEMP_MAX, TEMP_MIN
+from model.prompts import IMAGE_TEMPLATES, VIDEO_TEMPLATES, prompt_features
 
 logger = logging.getLogger(__name__)
-
-VIDEO_TEMPLATES = (
-    "A footage of a {}.", "A footage of the {}.", "A footage of one {}.",
-    "A video of a {}.", "A video of the {}.", "A video of one {}.",
-    "A portrait of a {}.", "A portrait of the {}.", "A portrait of one {}.",
-    "A video footage of a {}.", "A video footage of the {}.", "A video footage of one {}.",
-)
-IMAGE_TEMPLATES = (
-    "A photo of a {}.", "A photo of the {}.", "A photo of one {}.",
-    "A picture of a {}.", "A picture of the {}.", "A picture of one {}.",
-    "A good photo of a {}.", "A good photo of the {}.", "A good photo of one {}.",
-    "An image of a {}.", "An image of the {}.", "An image of one {}.",
-)
 
 # Function words and frequent verbs/adjectives of captions: what is left is mostly nouns (a cheap stand-in
 # for the reference's noun tagger, so no NLP model has to be installed).
@@ -70,20 +58,6 @@ def extract_entities(captions: Iterable[str], num_entities: int) -> list[str]:
         counts.update(w for w in WORD.findall(caption.lower()) if len(w) > 2 and w not in STOPWORDS)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     return [word for word, _ in ranked[:num_entities]]
-
-
-@torch.no_grad()
-def prompt_features(model: AlproModel, tokenizer: Tokenizer, entities: Sequence[str],
-                    templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """(E, embed_dim): per entity, the mean over templates of normalised text_proj(cls) (not re-normalised)."""
-    texts = [template.format(entity) for template in templates for entity in entities]  # template-major
-    feats = []
-    for start in range(0, len(texts), batch_size):
-        ids, mask = tokenizer(texts[start:start + batch_size])
-        ids, mask = ids.to(model.device), mask.to(model.device)
-        feats.append(model.text_features(model.text_tokens(ids, mask)).float())
-    feats = torch.cat(feats).view(len(templates), len(entities), -1)  # (K, E, D)
-    return feats.mean(dim=0)
 
 
 @torch.no_grad()

@@ -11,13 +11,13 @@ from __future__ import annotations
 import mimetypes
 from typing import Annotated, Literal, Optional
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import FileResponse
 
 from ..deps import EngineDep, error_responses
 from ..errors import InvalidRequestError
-from ..schemas import (MAX_DURATION_S, MAX_LIST_OFFSET, MAX_PAGE_LIMIT, MAX_PATH_PREFIX_CHARS, VIDEO_ID_PATTERN,
-                       FailurePage, VideoDetail, VideoPage, VideoSort)
+from ..schemas import (DEFAULT_TOP_K, MAX_DURATION_S, MAX_LIST_OFFSET, MAX_PAGE_LIMIT, MAX_PATH_PREFIX_CHARS,
+                       MAX_TOP_K, VIDEO_ID_PATTERN, FailurePage, SearchResponse, VideoDetail, VideoPage, VideoSort)
 
 router = APIRouter(tags=["videos"])
 
@@ -61,6 +61,18 @@ async def failures(engine: EngineDep, offset: Offset = 0, limit: Limit = 50) -> 
 async def video(video_id: VideoIdPath, engine: EngineDep) -> VideoDetail:
     """A video's metadata and its segments."""
     return await engine.library.video(video_id)
+
+
+@router.get("/videos/{video_id}/similar", response_model=SearchResponse, responses=error_responses(401, 404, 422, 503))
+async def similar(video_id: VideoIdPath, engine: EngineDep,
+                  top_k: Annotated[int, Query(ge=1, le=MAX_TOP_K, description="videos")] = DEFAULT_TOP_K,
+                  min_score: Annotated[Optional[float], Query(ge=0, le=1, allow_inf_nan=False,
+                                                              description="leave out results scoring below this")]
+                  = None) -> Response:
+    """The videos most like this one (its segments' vectors as queries, grouped by video, itself left out), in
+    /search's response shape: each at its best-matching moment, `score` (1 + cosine) / 2 of the best segment pair."""
+    result = await engine.similar(video_id, top_k, min_score)
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
 @router.get("/videos/{video_id}/thumbnail", response_class=FileResponse,

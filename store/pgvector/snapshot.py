@@ -198,6 +198,23 @@ class VectorSnapshot:
                 firsts.append(pos)
         return firsts
 
+    def vectors(self, segment_ids: Sequence[int]) -> np.ndarray:
+        """(n, dim) float32 stored vectors of these segments; KeyError naming those this version does not serve."""
+        wanted = [int(i) for i in np.asarray(segment_ids, dtype=np.int64).reshape(-1).tolist()]
+        out = np.zeros((len(wanted), self.manifest.dim), np.float32)
+        if not wanted:
+            return out
+        with self.engine.connect() as conn:
+            rows = conn.exec_driver_sql(f"SELECT id, embedding::text FROM {SEGMENTS} WHERE id = ANY(%(ids)s) AND "
+                                        f"{VISIBLE}", {"ids": wanted, "v": self.version}).all()
+        found = {int(r[0]): np.array(r[1].strip("[]").split(","), dtype=np.float32) for r in rows}
+        gone = [i for i in wanted if i not in found]
+        if gone:
+            raise KeyError(f"segment ids not in index version {self.version}: {gone[:10]}")
+        for pos, i in enumerate(wanted):
+            out[pos] = found[i]
+        return out
+
     def tokens(self, segment_ids: Sequence[int]) -> np.ndarray | None:
         """Token features are not kept in PostgreSQL (about 300 KB a segment): re-ranking decodes segments."""
         return None

@@ -187,7 +187,9 @@ def test_rerank_with_stored_tokens_matches_decoding(service_env):
 
 def test_qa_answers_from_the_checkpoint_vocabulary(client, service_env):
     video_id = service_env.ids["blue"]
-    r = client.post("/qa", json={"video_id": video_id, "question": "what color is the square?", "top_k": 3})
+    # two one-second segments: a grounded answer; min_confidence 0 so that the untrained model never abstains
+    r = client.post("/qa", json={"video_id": video_id, "question": "what color is the square?", "top_k": 3,
+                                 "min_confidence": 0})
     assert r.status_code == 200, r.text
     body = r.json()
     answers = body["answers"]
@@ -201,7 +203,7 @@ def test_qa_answers_from_the_checkpoint_vocabulary(client, service_env):
     best = int(probs.argmax())
     assert answers[0]["answer"] == QA_ANSWERS[best]
     assert answers[0]["score"] == pytest.approx(float(probs[best]), abs=1e-4)
-    again = client.post("/qa", json={"video_id": video_id, "question": "is it moving?"}).json()
+    again = client.post("/qa", json={"video_id": video_id, "question": "is it moving?", "min_confidence": 0}).json()
     assert again["cached"] is True and len(again["answers"]) == schemas.DEFAULT_QA_TOP_K
 
 
@@ -309,17 +311,21 @@ def test_invalid_json_and_oversized_bodies(client):
     r = client.post("/search", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"] == "invalid_json"
     assert r.json()["message"].startswith("body: invalid JSON at line 1, column 2 (character 1): "), r.json()
-    big = b'{"query": "' + b"a" * 20_000 + b'"}'
+    big = b'{"question": "' + b"a" * 20_000 + b'"}'
+    r = client.post("/qa", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "limit" in r.json()["message"]
+    # /search takes images: its limit is max_body_bytes plus the largest image in base64
+    big = b'{"image": "' + b"A" * (16 * 1024 + 4 * (8 * 2**20 // 3 + 1) + 64) + b'"}'
     r = client.post("/search", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "limit" in r.json()["message"]
 
     def chunks():  # no Content-Length: the limit applies while streaming
-        yield b'{"query": "'
+        yield b'{"question": "'
         for _ in range(40):
             yield b"a" * 1000
         yield b'"}'
 
-    r = client.post("/search", content=chunks(), headers={"content-type": "application/json"})
+    r = client.post("/qa", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413
 
 

@@ -88,7 +88,11 @@ def test_405_wrong_method(client):
 
 
 def test_413_body_too_large(client):
-    r = client.post("/search", content=b'{"query": "' + b"a" * 20_000 + b'"}',
+    r = client.post("/qa", content=b'{"question": "' + b"a" * 20_000 + b'"}',
+                    headers={**AUTH, "content-type": "application/json"})
+    assert "limit" in assert_error(r, 413, "payload_too_large")["message"]
+    # /search takes base64 images: max_body_bytes plus the image limit in base64
+    r = client.post("/search", content=b'{"query": "' + b"a" * 12_000_000 + b'"}',
                     headers={**AUTH, "content-type": "application/json"})
     assert "limit" in assert_error(r, 413, "payload_too_large")["message"]
 
