@@ -6,8 +6,11 @@ yet loads at the first question after it appears. `Answering` is mixed into `eng
 Grounded answers: a video indexed as more than one segment is not squeezed into one clip. Its segments are
 ranked by the question's VTC similarity (the retrieval model's text embedding against the stored segment
 vectors), the best `ALPRO_QA_SEGMENTS` are decoded and answered on (their QA token features LRU cached per
-segment), each answer keeps the segment where it scored best as its moment, and the response abstains when
-the best probability is below the confidence threshold.
+segment), and the answers are mixed over them: p(answer) = sum over segments of p(segment | question)
+p(answer | question, segment), p(segment | question) being the VTC softmax of the similarities (the retrieval
+model's temperature). Each answer's moment is the segment that gives it most; the response abstains when the
+best mixed probability is below the confidence threshold. (Measured on joined synthetic clips, the mixture
+beat taking each answer's best segment: docs/beyond_text.md.)
 """
 
 from __future__ import annotations
@@ -91,14 +94,19 @@ class Answering:
         t = time.perf_counter()
         probs = np.stack(await self.worker.run(self._answer_probs, request.question, tokens))  # (n, answers)
         self.metrics.observe_stage("qa", time.perf_counter() - t)
-        best_segment = probs.argmax(axis=0)  # each answer at the segment where it scored best
-        best = probs.max(axis=0)
+        # p(answer) = sum over segments of p(segment | question) p(answer | question, segment), p(segment | question)
+        # the VTC softmax of the similarities with the retrieval model's temperature
+        logits = similarity[top] / self.retrieval.model.temperature
+        weights = np.exp(logits - logits.max())
+        weights /= weights.sum()
+        mixed = weights @ probs  # (answers,)
+        support = (weights[:, None] * probs).argmax(axis=0)  # the segment that gives each answer most
         names = qa.model.config.answers
         answers = []
-        for i in np.argsort(-best, kind="stable")[:request.top_k].tolist():
-            row = chosen[int(best_segment[i])]
+        for i in np.argsort(-mixed, kind="stable")[:request.top_k].tolist():
+            row = chosen[int(support[i])]
             answers.append(schemas.Answer(
-                answer=names[i] if i < len(names) else f"#{i}", score=float(best[i]),
+                answer=names[i] if i < len(names) else f"#{i}", score=float(mixed[i]),
                 moment=schemas.AnswerMoment(segment_index=row.index, start=row.start_s, end=row.end_s)))
         examined = [schemas.ExaminedMoment(segment_index=row.index, start=row.start_s, end=row.end_s,
                                            similarity=float(similarity[i])) for i, row in zip(top, chosen)]

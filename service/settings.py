@@ -55,7 +55,8 @@ class Settings(SharedSettings):
 
     # --- question answering on long videos (grounded answers) and zero-shot labels
     qa_segments: int = Field(3, ge=1, le=16)  # a long video's segments most similar to the question answered on
-    qa_min_confidence: float = Field(0.5, ge=0, le=1)  # a grounded answer below this probability abstains
+    qa_min_confidence: float = Field(0.1, ge=0, le=1)  # a grounded answer below this probability abstains (measured:
+    # on joined synthetic clips a higher cut lowered coverage without raising accuracy, docs/beyond_text.md)
     prompt_cache_size: int = Field(20_000, ge=0)  # prompt text features kept (one vector each)
 
     # --- concurrency

@@ -337,18 +337,26 @@ def test_a_long_video_is_answered_on_its_best_segments_with_moments(client, libr
     assert {m["segment_index"] for m in examined} <= {0, 1, 2, 3}
     scores = [a["score"] for a in body["answers"]]
     assert len(scores) == 5 and scores == sorted(scores, reverse=True)
-    # each answer's score is the QA model's probability on the segment named as its moment, computed here
+    # each answer's score is the QA model's answer mixed over the examined segments by the VTC softmax of their
+    # similarities (the retrieval model's temperature), its moment the segment that gives it most: computed here
+    _, retrieval_path, *_ = library
+    temperature = load_pretrained(retrieval_path).temperature
     qa = load_pretrained(qa_path).eval()
     tokenizer = Tokenizer.from_config(qa.config)
     ids_, mask = tokenizer(["what colour is it?"])
-    for answer in body["answers"]:
-        moment = answer["moment"]
-        assert moment["segment_index"] in {m["segment_index"] for m in examined}
+    per_segment = []
+    for moment in examined:
         clip = load_video(root / "videos" / "mixed.mp4", qa.config, window=(moment["start"], moment["end"]))
         with torch.no_grad():
-            probs = qa.answer_logits(clip[None], ids_, mask).softmax(-1)[0]
+            per_segment.append(qa.answer_logits(clip[None], ids_, mask).softmax(-1)[0].numpy())
+    probs = np.stack(per_segment)  # (segments, answers)
+    logits = np.array([m["similarity"] for m in examined]) / temperature
+    weights = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    for answer in body["answers"]:
         index = list(qa.config.answers).index(answer["answer"])
-        assert float(probs[index]) == pytest.approx(answer["score"], abs=2e-3)
+        assert answer["score"] == pytest.approx(float(weights @ probs[:, index]), abs=2e-3)
+        support = examined[int((weights * probs[:, index]).argmax())]
+        assert answer["moment"]["segment_index"] == support["segment_index"]
 
 
 def test_a_grounded_answer_abstains_below_the_threshold(client, library, server):
