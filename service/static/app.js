@@ -1,5 +1,6 @@
-// The web page: the library (recent videos, failures), search with filters, a player that starts at the
-// moment and marks the query's moments on its timeline, questions about a video. No dependencies, no
+// The web page: the library (recent videos, failures), search with filters (by text, by an image, or by a
+// moment of a video: "More from this moment"), a player that starts at the moment and marks the query's
+// moments on its timeline, similar videos, zero-shot labels and grounded answers about a video. No dependencies, no
 // network beyond this server. The API key (when the server wants one) goes in the X-API-Key header for
 // fetch() and in a same-site cookie for <img> and <video>, which cannot send headers (and for fetch() too,
 // where the header cannot carry the key). The server reads both with service.deps.given_api_key.
@@ -9,9 +10,12 @@ const $ = (id) => document.getElementById(id);
 const KEY_COOKIE = "alpro_api_key";
 const LIBRARY_PAGE = 24;
 let apiKey = localStorage.getItem("alpro_api_key") || "";
+const MAX_IMAGE_FILE = 64 * 2 ** 20;  // a larger file is not read at all (the server's own limit is lower)
 let lastQuery = null;
+let lastWhat = "";  // how the status line names the search: "" for text, else e.g. "Image search (cat.png)"
 let nextCursor = null;
 let currentVideo = null;
+const segmentsOf = new Map();  // video id -> its indexed segments (GET /videos/{id}), for "More from this moment"
 let libraryRoots = [];
 let libraryOffset = 0;
 
@@ -136,34 +140,80 @@ function fail(status, message) {
 async function runSearch(append) {
   const status = $("status");
   status.classList.remove("error");
+  if (append && lastQuery) { await search({ ...lastQuery, cursor: nextCursor }, lastWhat, true); return; }
   const query = $("query").value.trim();
-  if (!append && !query) {  // nothing to look for: no stale results under the message
+  if (!query) {  // nothing to look for: no stale results under the message
     showResults(false);
     $("library").hidden = true;
     fail(status, "Type what to look for: a few words that describe a moment.");
     return;
   }
-  const body = lastQuery && append ? { ...lastQuery, cursor: nextCursor } : {
-    query, top_k: Number($("top-k").value), rerank: $("rerank").checked, filters: filters(),
-  };
-  if (!append) lastQuery = body;
+  await search({ query, top_k: Number($("top-k").value), rerank: $("rerank").checked, filters: filters() }, "", false);
+}
+
+// One /search request of any kind (text, image, example); `what` names it in the status line.
+async function search(body, what, append) {
+  const status = $("status");
+  status.classList.remove("error");
+  if (!append) { lastQuery = body; lastWhat = what; }
+  const prefix = what ? `${what}: ` : "";
   $("search-button").disabled = true;
-  status.textContent = "Searching…";
+  $("image-file").disabled = true;
+  status.textContent = what ? `${what}: searching…` : "Searching…";
   try {
     const data = await api("/search", body);
     if (!append) $("results").replaceChildren();
     showResults(true);
+    $("results").dataset.queryType = data.query_type || "text";
     data.results.forEach((hit) => $("results").appendChild(card(hit)));
     const shown = $("results").children.length;
-    status.textContent = shown ? `${shown} video${shown === 1 ? "" : "s"} · ${data.took_ms.toFixed(0)} ms` +
-      (data.reranked ? ` · ${data.reranked} re-ranked` : "") : "No matching video.";
+    status.textContent = prefix + (shown ? `${shown} video${shown === 1 ? "" : "s"} · ${data.took_ms.toFixed(0)} ms` +
+      (data.reranked ? ` · ${data.reranked} re-ranked` : "") : "No matching video.");
     nextCursor = data.next_cursor;
     $("more").hidden = !nextCursor;
   } catch (e) {
     if (!append) { showResults(false); $("library").hidden = true; }
-    fail(status, e.message);
+    fail(status, prefix + e.message);
   } finally {
     $("search-button").disabled = false;
+    $("image-file").disabled = false;
+  }
+}
+
+// --- search by image: a PNG or JPEG, read as a data: URL (the API takes the prefix), sent as `image`
+
+function readAsDataURL(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result);
+    reader.onerror = () => reject(reader.error || new Error("the file could not be read"));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function searchImage(file) {
+  if (!file) return;
+  const what = `Image search (${file.name})`;
+  const preview = $("image-preview");
+  preview.hidden = true;
+  if (file.size > MAX_IMAGE_FILE) {
+    showResults(false);
+    $("library").hidden = true;
+    fail($("status"), `${what}: ${file.name} is too large to search with (${(file.size / 2 ** 20).toFixed(0)} MiB).`);
+    return;
+  }
+  let image;
+  try { image = await readAsDataURL(file); } catch (e) {
+    showResults(false);
+    $("library").hidden = true;
+    fail($("status"), `${what}: ${e.message}`);
+    return;
+  }
+  // the server says whether it is an image it can read (a non-image file gets its `invalid_image` message)
+  await search({ image, top_k: Number($("top-k").value), filters: filters() }, what, false);
+  if (lastQuery && lastQuery.image === image && !$("status").classList.contains("error")) {
+    preview.src = image;  // the picture searched with, in the zone
+    preview.hidden = false;
   }
 }
 
@@ -184,6 +234,30 @@ function markMoments(moments, duration) {
     mark.addEventListener("click", () => { $("video").currentTime = m.start; $("video").play().catch(() => {}); });
     line.appendChild(mark);
   });
+}
+
+// One moment picked on the page (an answer's, a label's) marked on the timeline, apart from the query's.
+function markSpot(m, label) {
+  const line = $("timeline");
+  line.querySelectorAll(".mark.spot").forEach((n) => n.remove());
+  const duration = $("video").duration;
+  if (!(duration > 0)) return;
+  const mark = el("button", "mark spot");
+  mark.type = "button";
+  mark.style.left = `${(100 * m.start / duration).toFixed(3)}%`;
+  mark.style.width = `${Math.max(0.6, 100 * (m.end - m.start) / duration).toFixed(3)}%`;
+  mark.title = `${label}: ${clock(m.start)}–${clock(m.end)}`;
+  mark.setAttribute("aria-label", `${label}: play from ${clock(m.start)}`);
+  mark.addEventListener("click", () => seekTo(m, label));
+  line.hidden = false;
+  line.appendChild(mark);
+}
+
+function seekTo(m, label) {
+  const video = $("video");
+  video.currentTime = m.start;
+  video.play().catch(() => {});
+  markSpot(m, label);
 }
 
 async function explainPlaybackError(item, src) {
@@ -217,6 +291,12 @@ function openPlayer(item) {
   $("player-moment").textContent = item.end > item.start ? `Moment ${clock(item.start)}–${clock(item.end)}` : "";
   $("answers").replaceChildren();
   $("qa-status").textContent = "";
+  $("qa-status").classList.remove("error");
+  $("qa-note").hidden = true;
+  $("label-results").replaceChildren();
+  $("label-status").textContent = "";
+  $("label-status").classList.remove("error");
+  $("more-moment").disabled = false;
   $("player-error").hidden = true;
   $("timeline").replaceChildren();
   $("timeline").hidden = true;
@@ -235,6 +315,7 @@ function openPlayer(item) {
   video.load();
   $("player").hidden = false;
   $("question").focus();
+  loadSimilar(item);
 }
 
 function closePlayer() {
@@ -247,28 +328,176 @@ function closePlayer() {
   currentVideo = null;
 }
 
+// --- more from this moment: the moment being played, as an `example` search
+
+// The interval of `list` that holds time t (the first whose [start, end) holds it, else the nearest one).
+function intervalAt(list, t) {
+  if (!list || !list.length) return null;
+  const inside = list.find((m) => m.start <= t && t < m.end) || list.find((m) => m.start <= t && t <= m.end);
+  if (inside) return inside;
+  const gap = (m) => (t < m.start ? m.start - t : t - m.end);
+  return list.reduce((best, m) => (gap(m) < gap(best) ? m : best));
+}
+
+async function segmentsFor(videoId) {
+  if (!segmentsOf.has(videoId)) {
+    const detail = await api(`/videos/${encodeURIComponent(videoId)}`);
+    segmentsOf.set(videoId, detail.segments || []);
+  }
+  return segmentsOf.get(videoId);
+}
+
+async function momentPlaying(item) {
+  const t = $("video").currentTime || 0;
+  const moments = item.moments || [];
+  const hit = moments.find((m) => m.start <= t && t < m.end) || moments.find((m) => m.start <= t && t <= m.end);
+  if (hit) return hit;
+  // a library video (no moments), or a time outside the result's moments: the indexed segment that holds it
+  const segment = intervalAt(await segmentsFor(item.video_id), t);
+  if (segment) return segment;
+  return item.end > item.start ? item : null;
+}
+
+async function moreFromMoment() {
+  const item = currentVideo;
+  if (!item) return;
+  const button = $("more-moment");
+  button.disabled = true;
+  let moment;
+  try { moment = await momentPlaying(item); } catch (e) {
+    if (currentVideo === item) { fail($("qa-status"), e.message); button.disabled = false; }
+    return;
+  }
+  if (currentVideo !== item) return;
+  if (!moment) { fail($("qa-status"), "This video has no indexed moment to search with."); button.disabled = false; return; }
+  const example = { video_id: item.video_id, start: moment.start, end: moment.end };
+  closePlayer();
+  $("query").value = "";
+  await search({ example, top_k: Number($("top-k").value), filters: filters() },
+    `More from ${item.relative_path} ${clock(moment.start)}–${clock(moment.end)}`, false);
+}
+
+// --- similar videos: a row of cards under the player
+
+async function loadSimilar(item) {
+  const row = $("similar"), status = $("similar-status");
+  row.replaceChildren();
+  status.classList.remove("error");
+  status.textContent = "Looking for similar videos…";
+  try {
+    const data = await api(`/videos/${encodeURIComponent(item.video_id)}/similar?top_k=6`);
+    if (currentVideo !== item) return;
+    row.replaceChildren(...data.results.map(card));
+    status.textContent = data.results.length ? "" : "No other video is similar.";
+  } catch (e) {
+    if (currentVideo === item) fail(status, e.message);
+  }
+}
+
+// --- labels: zero-shot probabilities of the labels typed, each at the moment that fits it best
+
+function labelRow(l) {
+  const li = el("li");
+  const row = el("button", "label-row");
+  row.type = "button";
+  row.dataset.label = l.label;
+  row.dataset.probability = l.probability;
+  const pct = `${(100 * l.probability).toFixed(1)}%`;
+  const track = el("span", "track");
+  const fill = el("span", "fill");
+  fill.style.width = `${(100 * l.probability).toFixed(2)}%`;
+  track.appendChild(fill);
+  row.append(el("span", "label-name", l.label), track, el("span", "pct", pct));
+  const m = l.moment;
+  if (m) {
+    row.dataset.start = m.start;
+    row.title = `Fits best at ${clock(m.start)}–${clock(m.end)} (similarity ${l.similarity.toFixed(2)}): click to play there`;
+    row.setAttribute("aria-label", `${l.label}: ${pct}; play from ${clock(m.start)}`);
+    row.addEventListener("click", () => seekTo(m, `“${l.label}”`));
+  } else {
+    row.disabled = true;
+  }
+  li.appendChild(row);
+  return li;
+}
+
+async function classify(event) {
+  event.preventDefault();
+  const item = currentVideo;
+  if (!item) return;
+  const status = $("label-status");
+  status.classList.remove("error");
+  const labels = [...new Set($("labels").value.split(",").map((x) => x.trim()).filter(Boolean))];
+  if (!labels.length) {
+    $("label-results").replaceChildren();
+    fail(status, "Type one or more labels, separated by commas.");
+    return;
+  }
+  status.textContent = "Scoring labels…";
+  $("classify").disabled = true;
+  try {
+    const data = await api("/classify", { labels, video_id: item.video_id });
+    if (currentVideo !== item) return;
+    $("label-results").replaceChildren(...data.labels.map(labelRow));
+    status.textContent = `Probabilities over the ${data.labels.length} label${data.labels.length === 1 ? "" : "s"}` +
+      ` · ${data.took_ms.toFixed(0)} ms`;
+  } catch (e) {
+    if (currentVideo !== item) return;
+    $("label-results").replaceChildren();
+    fail(status, e.message);
+  } finally {
+    $("classify").disabled = false;
+  }
+}
+
 async function ask(event) {
   event.preventDefault();
-  if (!currentVideo) return;
-  const status = $("qa-status");
+  const item = currentVideo;
+  if (!item) return;
+  const status = $("qa-status"), note = $("qa-note");
   status.classList.remove("error");
+  note.hidden = true;
   const question = $("question").value.trim();
   if (!question) { $("answers").replaceChildren(); fail(status, "Type a question about the video."); return; }
   status.textContent = "Thinking…";
   $("ask").disabled = true;
   try {
-    const data = await api("/qa", { video_id: currentVideo.video_id, question, top_k: 5 });
+    const data = await api("/qa", { video_id: item.video_id, question, top_k: 5 });
+    if (currentVideo !== item) return;
     const list = $("answers");
     list.replaceChildren();
+    $("timeline").querySelectorAll(".mark.spot").forEach((n) => n.remove());
     for (const a of data.answers) {
       const li = el("li", "answer", `${a.answer} (${(100 * a.score).toFixed(1)}%)`);
       const bar = el("span", "bar");
       bar.style.width = `${Math.max(2, Math.round(120 * a.score))}px`;
       li.appendChild(bar);
+      if (a.moment) {  // the part of the video the answer comes from
+        const m = a.moment;
+        const link = el("button", "answer-moment", `${clock(m.start)}–${clock(m.end)}`);
+        link.type = "button";
+        link.dataset.start = m.start;
+        link.dataset.end = m.end;
+        link.title = `“${a.answer}” comes from this part of the video: click to play it`;
+        link.setAttribute("aria-label", `“${a.answer}” comes from ${clock(m.start)}–${clock(m.end)}: play it`);
+        link.addEventListener("click", () => seekTo(m, `answer “${a.answer}”`));
+        li.appendChild(link);
+      }
       list.appendChild(li);
+    }
+    if (data.abstained) {
+      note.textContent = "Not sure: no answer above the confidence threshold.";
+      note.hidden = false;
+    } else if (data.grounded) {
+      const parts = (data.moments || []).length;
+      note.textContent = (parts > 1 ? `Answered from the ${parts} parts of the video that best match the question`
+        : "Answered from the part of the video that best matches the question") +
+        ": each answer comes from the part of the video its time shows (click the time to play it).";
+      note.hidden = false;
     }
     status.textContent = `${data.took_ms.toFixed(0)} ms`;
   } catch (e) {
+    if (currentVideo !== item) return;
     $("answers").replaceChildren();
     fail(status, e.message);
   } finally {
@@ -340,6 +569,28 @@ $("home").addEventListener("click", goHome);
 $("library-sort").addEventListener("change", () => loadLibrary(true));
 $("library-more").addEventListener("click", () => loadLibrary(false));
 $("qa-form").addEventListener("submit", ask);
+$("classify-form").addEventListener("submit", classify);
+$("more-moment").addEventListener("click", moreFromMoment);
+$("image-file").addEventListener("change", () => {
+  const file = $("image-file").files[0];
+  $("image-file").value = "";  // the same file chosen again searches again
+  searchImage(file);
+});
+{
+  const zone = $("image-drop");
+  const hasFiles = (e) => e.dataTransfer && Array.from(e.dataTransfer.types || []).includes("Files");
+  zone.addEventListener("dragenter", (e) => { if (hasFiles(e)) { e.preventDefault(); zone.classList.add("over"); } });
+  zone.addEventListener("dragover", (e) => { if (hasFiles(e)) { e.preventDefault(); e.dataTransfer.dropEffect = "copy"; } });
+  zone.addEventListener("dragleave", (e) => { if (!zone.contains(e.relatedTarget)) zone.classList.remove("over"); });
+  zone.addEventListener("drop", (e) => {
+    e.preventDefault();
+    zone.classList.remove("over");
+    if (e.dataTransfer.files.length) searchImage(e.dataTransfer.files[0]);
+  });
+  // a file dropped beside the zone does not navigate away from the page
+  window.addEventListener("dragover", (e) => { if (hasFiles(e)) e.preventDefault(); });
+  window.addEventListener("drop", (e) => { if (hasFiles(e)) e.preventDefault(); });
+}
 $("close").addEventListener("click", closePlayer);
 $("player").addEventListener("click", (e) => { if (e.target === $("player")) closePlayer(); });
 document.addEventListener("keydown", (e) => { if (e.key === "Escape" && !$("player").hidden) closePlayer(); });
