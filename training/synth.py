@@ -660,8 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alpro-synth", description="Write a synthetic video-text corpus "
                                      "of coloured shapes (videos, captions, QA pairs, train/val/test split).")
     parser.add_argument("out", type=Path, help="corpus directory to write")
-    parser.add_argument("--videos", type=int, required=True, help="clips over all splits")
-    parser.add_argument("--seed", type=int, required=True, help="random seed; same seed, same corpus")
+    parser.add_argument("--videos", type=int, help="clips over all splits (required unless --join)")
+    parser.add_argument("--seed", type=int, help="random seed; same seed, same corpus (required unless --join; "
+                        "with --join it picks the groups, default 0)")
     parser.add_argument("--size", type=int, default=128, help="frame side in pixels, even (default 128)")
     parser.add_argument("--frames-per-video", type=int, default=16, help="frames per clip (default 16)")
     parser.add_argument("--fps", type=int, default=8, help="frames per second (default 8)")
@@ -675,12 +676,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=None, help="encoding processes (default: CPUs, max 8)")
     parser.add_argument("--overwrite", action="store_true", help="replace the corpus already in OUT")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    joined = parser.add_argument_group("long videos", "instead of a corpus, write long videos that join clips of "
+                                       "an existing corpus end to end (training/long_videos.py)")
+    joined.add_argument("--join", type=int, metavar="N", help="clips per long video (e.g. 6); needs --from")
+    joined.add_argument("--from", dest="source", type=Path, metavar="CORPUS", help="the alpro-synth corpus to join")
+    joined.add_argument("--split", default="test", help="the corpus split whose clips are joined (default test)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.join is not None or args.source is not None:
+        if args.join is None or args.source is None:
+            parser.error("--join and --from go together")
+        return _main_join(args)
+    missing = [flag for flag, value in (("--videos", args.videos), ("--seed", args.seed)) if value is None]
+    if missing:
+        parser.error(f"the following arguments are required: {', '.join(missing)}")
     config = CorpusConfig(seed=args.seed, videos=args.videos, size=args.size, frames_per_video=args.frames_per_video,
                           fps=args.fps, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                           val_videos=args.val_videos, test_videos=args.test_videos,
@@ -698,6 +712,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {sum(v.values())} videos ({v['train']} train / {v['val']} val / {v['test']} test), "
               f"{sum(qa.values())} QA pairs, {m['answers']} answers to {summary.out} "
               f"in {sum(summary.seconds.values()):.1f} s")
+    return 0
+
+
+def _main_join(args: argparse.Namespace) -> int:
+    from training.long_videos import make_long_videos  # it imports this module
+
+    try:
+        summary = make_long_videos(args.out, args.source, join=args.join, split=args.split,
+                                   seed=0 if args.seed is None else args.seed, overwrite=args.overwrite)
+    except SynthError as e:
+        print(f"alpro-synth: error: {e}", file=sys.stderr)
+        return 2
+    m = summary.manifest
+    print(json.dumps(summary.to_json()) if args.json else
+          f"wrote {m['videos']} long videos of {m['join']} {m['split']} clips ({m['questions']} questions that "
+          f"name a shape or colour only one part shows) to {summary.out}")
     return 0
 
 
