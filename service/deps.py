@@ -44,7 +44,7 @@ def given_api_key(headers: Iterable[tuple[bytes, bytes]]) -> Optional[bytes]:
     """The key a request carries: its first X-API-Key header as sent, else its first key cookie, decoded.
 
     The header holds the key's UTF-8 bytes as they are (a browser's fetch() can send only Latin-1, so the page
-    sends it only for ASCII keys). The cookie holds `encodeURIComponent(key)` (static/app.js), i.e. UTF-8
+    sends it only for ASCII keys). The cookie holds `encodeURIComponent(key)` (static/api.js), i.e. UTF-8
     percent-encoded with everything but A-Z a-z 0-9 - _ . ! ~ * ' ( ) escaped, so it is percent-decoded once to
     bytes here (`unquote_to_bytes`: no "+" as space, no UTF-8 decoding that could map two keys to one).
     Starlette would take the last of duplicate cookies and the first of duplicate headers; first, for both.

@@ -261,7 +261,9 @@ def test_health_ready_stats_metrics(client, service_env):
     assert client.get("/openapi.json").json()["paths"]["/search"]["post"]
     page = client.get("/")
     assert page.status_code == 200 and "<video" in page.text
-    assert client.get("/static/app.js").status_code == 200
+    scripts = re.findall(r'<script src="(/static/[^"]+\.js)"></script>', page.text)
+    assert scripts[0] == "/static/api.js" and scripts[-1] == "/static/app.js"  # helpers first, wiring last
+    assert all(client.get(src).status_code == 200 for src in scripts)
 
 
 # --- errors ---------------------------------------------------------------------------------------
