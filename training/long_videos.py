@@ -30,14 +30,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from training.synth import COLOURS, SHAPES, SPLITS, ClipSpec, SynthError, render_clip, write_video
+from training.synth import COLOURS, SHAPES, SPLITS, ClipSpec, SynthError, prepare_output, render_clip, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -234,15 +233,7 @@ def make_long_videos(out: Path, corpus: Path, join: int = DEFAULT_JOIN, split: s
         size, frames, fps, crf = (int(config[k]) for k in ("size", "frames_per_video", "fps", "crf"))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SynthError(f"{corpus} is not an alpro-synth corpus (corpus.json): {e}") from e
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise SynthError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace long videos there")
-        if not (out / "long.json").exists():
-            raise SynthError(f"{out} is not empty and holds no long.json; refusing to delete anything there")
-        shutil.rmtree(out / "videos", ignore_errors=True)
-        shutil.rmtree(out / "annotations", ignore_errors=True)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    prepare_output(out, "long.json", overwrite, "long videos")
 
     groups = choose_groups(load_split(corpus, split), join, seed, count)
     clip_seconds = frames / fps

@@ -575,20 +575,26 @@ def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
 
+def prepare_output(out: Path, marker: str, overwrite: bool, what: str) -> None:
+    """Make OUT/videos and OUT/annotations; an OUT that is not empty is replaced only with `overwrite` and only
+    when it holds `marker` (what this generator writes), so that nothing else is ever deleted."""
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise SynthError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace {what} there")
+        if not (out / marker).exists():
+            raise SynthError(f"{out} is not empty and holds no {marker}; refusing to delete anything there")
+        shutil.rmtree(out / "videos", ignore_errors=True)
+        shutil.rmtree(out / "annotations", ignore_errors=True)
+    (out / "videos").mkdir(parents=True, exist_ok=True)
+    (out / "annotations").mkdir(parents=True, exist_ok=True)
+
+
 def generate_corpus(out: Path, config: CorpusConfig, workers: int | None = None,
                     overwrite: bool = False) -> CorpusSummary:
     """Write the corpus described by `config` to `out` (see the module docstring for the layout)."""
     config.validate()
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise SynthError(f"{out} is not empty; pass overwrite=True (--overwrite) to replace a corpus there")
-        if not (out / "corpus.json").exists():
-            raise SynthError(f"{out} is not empty and holds no corpus.json; refusing to delete anything there")
-        shutil.rmtree(out / "videos", ignore_errors=True)
-        shutil.rmtree(out / "annotations", ignore_errors=True)
-    (out / "videos").mkdir(parents=True, exist_ok=True)
-    (out / "annotations").mkdir(parents=True, exist_ok=True)
+    prepare_output(out, "corpus.json", overwrite, "a corpus")
     seconds: dict[str, float] = {}
 
     start = time.perf_counter()
