@@ -2,7 +2,8 @@
 
     python -m bench.search_speed [--vectors 1000000] [--segments-per-video 10] [--preset base]
         [--nlist N] [--nprobe 32] [--requests 60 160 320] [--concurrency 1 8 32] [--raw-requests 60]
-        [--rows index|db] [--row-cache 0] [--workdir .cache/bench-search] [--json out.json]
+        [--rows index|db] [--row-cache 0] [--precision fp32|int8] [--workdir .cache/bench-search]
+        [--json out.json]
 
 Builds (once, cached in --workdir) a data dir of random unit vectors in an IVF-Flat index (inner product,
 IndexIDMap2 over Segment ids, as the indexer writes a base; one format-1 version directory, which
@@ -221,7 +222,7 @@ def _server_side(bodies: list[dict]) -> dict[str, float]:
 
 
 def measure_in_process(data: Path, texts: dict[int, list[str]], warmup: list[str], row_cache: int,
-                       raw_texts: list[str]) -> tuple[dict[str, Any], dict[int, dict]]:
+                       raw_texts: list[str], precision: str = "fp32") -> tuple[dict[str, Any], dict[int, dict]]:
     """`Engine.search` at each concurrency; first, pairs of (raw encode + FAISS, Engine.search) in turn.
 
     Raw is `encode_text` of one query and `IndexSnapshot.search` for the k the service fetches, with the
@@ -236,7 +237,7 @@ def measure_in_process(data: Path, texts: dict[int, list[str]], warmup: list[str
     from service.metrics import Metrics
     from service.settings import Settings
 
-    settings = Settings(data_dir=data, device="cpu", row_cache_size=row_cache)
+    settings = Settings(data_dir=data, device="cpu", row_cache_size=row_cache, precision=precision)
     engine = Engine.load(settings, Metrics())
     loaded = engine.retrieval
     k = max(11 * settings.overfetch, 16)  # what the engine fetches for top_k=10
@@ -329,12 +330,14 @@ class RawClient:
         return status, json.loads(await self.reader.readexactly(length))
 
 
-def measure_http(data: Path, texts: dict[int, list[str]], warmup: list[str], row_cache: int) -> dict[int, dict]:
+def measure_http(data: Path, texts: dict[int, list[str]], warmup: list[str], row_cache: int,
+                 precision: str = "fp32") -> dict[int, dict]:
     import httpx
 
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALPRO_")}
-    env.update(ALPRO_DEVICE="cpu", ALPRO_MAX_QUEUE="256", ALPRO_ROW_CACHE_SIZE=str(row_cache))
+    env.update(ALPRO_DEVICE="cpu", ALPRO_MAX_QUEUE="256", ALPRO_ROW_CACHE_SIZE=str(row_cache),
+               ALPRO_PRECISION=precision)
     root = Path(__file__).resolve().parents[1]
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     server = subprocess.Popen([sys.executable, "-m", "service.cli", "--data-dir", str(data), "--port", str(port),
@@ -417,6 +420,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--raw-requests", type=int, default=60)
     parser.add_argument("--workdir", type=Path, default=Path(".cache/bench-search"))
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--precision", choices=("fp32", "int8"), default="fp32",
+                        help="ALPRO_PRECISION of the measured service: int8 encodes queries with int8 layers")
     parser.add_argument("--build-only", action="store_true", help="build (or check) the data dir and stop")
     parser.add_argument("--rows", choices=("index", "db"), default="index",
                         help="where search reads the rows it shows: the index version's copy (as alpro-index "
@@ -444,9 +449,9 @@ def main(argv: list[str] | None = None) -> dict:
         return batch
 
     raw, in_process = measure_in_process(data, {c: take(n) for c, n in zip(args.concurrency, requests)}, warmup,
-                                         args.row_cache, raw_texts)
+                                         args.row_cache, raw_texts, args.precision)
     http_levels = {c: take(n) for c, n in zip(args.concurrency, requests)}
-    http = measure_http(data, http_levels, warmup, args.row_cache)
+    http = measure_http(data, http_levels, warmup, args.row_cache, args.precision)
 
     import torch
 
@@ -456,6 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
         "index": f"IVF{args.nlist or 'auto'},Flat nprobe={args.nprobe}", "preset": args.preset,
         "load_average": {"before": load_before, "after": os.getloadavg()},  # others' jobs skew the figures
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "row_cache_size": args.row_cache, "rows": args.rows,
+        "precision": args.precision,
         "raw": raw, "in_process": in_process, "http": http,
     }
     if 1 in http:

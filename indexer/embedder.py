@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from model.alpro import AlproModel
+from model.quantize import quantize_encoders
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +49,8 @@ def resolve_device(name: str | None) -> torch.device:
 
 def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """Autocast dtype: `auto` is bf16 (or fp16) on CUDA and none (fp32) on the CPU, where bf16 is about 6x
-    slower here; an explicit bf16 or fp16 is honoured on either."""
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+    slower here; an explicit bf16 or fp16 is honoured on either; int8 runs int8 layers, not autocast."""
+    if precision in ("fp32", "int8") or (precision == "auto" and device.type != "cuda"):
         return None
     if precision == "fp16":
         return torch.float16
@@ -59,8 +60,13 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
 
 
 def precision_name(dtype: torch.dtype | None) -> str:
-    """What an index records of the precision its vectors and tokens were computed in."""
+    """What an index records of the precision its vectors and tokens were computed in (autocast runs)."""
     return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+
+
+def index_precision(device: torch.device, precision: str = "auto") -> str:
+    """What an index made on `device` with the `precision` setting records: int8, fp32, bf16 or fp16."""
+    return "int8" if precision == "int8" else precision_name(autocast_dtype(device, precision))
 
 
 @dataclass
@@ -75,6 +81,8 @@ class Embedder:
     def __init__(self, model: AlproModel, device: torch.device, *, store_tokens: bool = False,
                  precision: str = "auto") -> None:
         self.model = model.to(device).eval()
+        if precision == "int8":  # the CPU path: int8 Linear layers in both encoders (model/quantize.py)
+            self.model = quantize_encoders(self.model, inplace=True)
         self.device = device
         self.store_tokens = store_tokens
         self.dtype = autocast_dtype(device, precision)
@@ -108,4 +116,5 @@ class Embedder:
         )
 
 
-__all__ = ["EncodedBatch", "Embedder", "autocast_dtype", "pipeline_key", "precision_name", "resolve_device"]
+__all__ = ["EncodedBatch", "Embedder", "autocast_dtype", "index_precision", "pipeline_key", "precision_name",
+           "resolve_device"]

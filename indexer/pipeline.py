@@ -33,7 +33,7 @@ from store.layout import DataDir
 from store.manifest import IndexMismatchError, IndexNotFoundError
 from .discover import FoundFile, discover, hash_files
 from .distributed import DistContext
-from .embedder import Embedder, autocast_dtype, pipeline_key, precision_name, resolve_device
+from .embedder import Embedder, index_precision, pipeline_key, resolve_device
 from .lock import DataDirLock
 from .plan import Plan, make_plan
 from .preview import remove_temporaries as remove_preview_temporaries
@@ -129,6 +129,7 @@ class Indexer:
         self.settings = settings
         self.dist = dist or DistContext()
         self._model = model
+        self.precision = "fp32"  # what this run's vectors are made in; set by run()
         self.datadir = DataDir(settings.data_dir, settings.database_url)
 
     # --- set-up ----------------------------------------------------------------------------------
@@ -149,8 +150,8 @@ class Indexer:
                 self._model = load_model(path, s.bert_config, vision_num_heads=s.vision_num_heads)
         return self._model
 
-    def check_compatible(self, fingerprint: str, key: str) -> None:
-        """Refuse a data dir made with another checkpoint or segmentation, unless --reindex."""
+    def check_compatible(self, fingerprint: str, key: str, precision: str = "fp32") -> None:
+        """Refuse a data dir made with another checkpoint, segmentation or precision, unless --reindex."""
         if self.settings.reindex:
             return
         try:
@@ -170,12 +171,18 @@ class Indexer:
                     f"{self.datadir.root} was indexed with --segment-seconds {manifest.segment_seconds}, not "
                     f"{self.settings.segment_seconds}; pass --reindex to re-segment every video."
                 )
+            if (manifest.precision or "fp32") != precision:  # int8 and fp32 vectors never mix silently
+                raise IndexMismatchError(
+                    f"{self.datadir.root} holds vectors made in {manifest.precision or 'fp32'}, this run makes "
+                    f"{precision} ones (--precision / ALPRO_PRECISION); pass --reindex to re-embed every video "
+                    f"in {precision}, or use another --data-dir."
+                )
         with self.datadir.session() as session:
             stale = stale_video_ids(session, key)
         if stale:
             raise IndexMismatchError(
-                f"{len(stale)} videos in {self.datadir.root} were embedded with another checkpoint or "
-                f"segmentation (an interrupted --reindex?); pass --reindex to finish re-embedding them."
+                f"{len(stale)} videos in {self.datadir.root} were embedded with another checkpoint, segmentation "
+                f"or precision (an interrupted --reindex?); pass --reindex to finish re-embedding them."
             )
 
     # --- the run ---------------------------------------------------------------------------------
@@ -187,7 +194,7 @@ class Indexer:
         t = time.perf_counter()
         model = self.load_model()
         fingerprint = checkpoint_fingerprint(model)
-        precision = precision_name(autocast_dtype(resolve_device(s.device), s.precision))
+        precision = self.precision = index_precision(resolve_device(s.resolved_device_name()), s.precision)
         key = pipeline_key(fingerprint, s.segment_seconds, model.config.preprocess.sampling, precision)
         timings["load_model"] = time.perf_counter() - t
         cache = EmbeddingCache(self.datadir.cache_dir, key)
@@ -239,7 +246,7 @@ class Indexer:
                        + remove_preview_temporaries(self.datadir.previews_dir))
         if removed_tmp:
             logger.info("removed %d leftovers of an interrupted run", removed_tmp)
-        self.check_compatible(fingerprint, key)
+        self.check_compatible(fingerprint, key, self.precision)
         with self.datadir.session() as session:  # before any row under it: the service serves only inside roots
             record_library_root(session, os.path.realpath(s.videos_dir))
 
@@ -326,7 +333,7 @@ class Indexer:
         stats = StageStats(videos=len(items))
         if not items:
             return stats
-        device = resolve_device(s.device)
+        device = resolve_device(s.resolved_device_name())
         if self.dist.enabled and device.type == "cuda":
             device = torch.device("cuda", self.dist.local_rank)
         batch_size = s.batch_size or (32 if device.type == "cuda" else 4)
@@ -408,8 +415,8 @@ class Indexer:
             publish_to, self.datadir, cache, key=key, fingerprint=fingerprint, checkpoint=str(self.checkpoint_path),
             model_config=model.config.to_dict(), dim=model.config.embed_dim, index_type=s.index_type,
             store_tokens=s.store_tokens, segment_seconds=s.segment_seconds, keep_versions=s.keep_versions,
-            recall_target=s.recall_target, use_gpu=resolve_device(s.device).type == "cuda",
-            exclude=set(plan.drop), precision=precision_name(autocast_dtype(resolve_device(s.device), s.precision)),
+            recall_target=s.recall_target, use_gpu=resolve_device(s.resolved_device_name()).type == "cuda",
+            exclude=set(plan.drop), precision=self.precision,
         )
         result: PublishResult = publish_now(force=s.reindex)  # --reindex: every vector is new, a new base at once
         timings["publish"] = time.perf_counter() - t

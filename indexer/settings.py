@@ -33,7 +33,6 @@ class IndexSettings(SharedSettings):
     index_type: IndexType = "auto"
     batch_size: Optional[int] = Field(None, ge=1)  # clips per model call (default 32 on GPU, 4 on CPU)
     num_workers: Optional[int] = Field(None, ge=0)  # decoding processes (default: half the CPUs, 1 to 8)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 autocast on GPU, fp32 on CPU
     store_tokens: bool = False  # keep per-segment token features for VTM re-ranking and QA
     prune: bool = False  # drop videos whose files are gone
     reindex: bool = False  # re-embed everything (required to change checkpoint or segmentation)
@@ -106,7 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, help="clips per model call (32 on GPU, 4 on CPU)")
     parser.add_argument("--num-workers", type=int, help="decoding processes (0: decode in the main process)")
     parser.add_argument("--device", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"))
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                        help="auto: bf16/fp16 on a GPU, fp32 on the CPU; int8: int8 encoders on the CPU")
     parser.add_argument("--keep-versions", type=int, help="index versions kept on disk (3)")
     parser.add_argument("--thumbnail-width", type=int, help="thumbnail width in pixels (320; 0: none)")
     parser.add_argument("--recall-target", type=float, help="recall@10 an approximate index is tuned to (0.95)")

@@ -25,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--bert-config", help="model_config.json for official .pt checkpoints")
     parser.add_argument("--qa-checkpoint", help="QA checkpoint: path or released name; without one /qa answers 501")
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N (or ALPRO_DEVICE)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16", "int8"),
+                        help="int8: the models' Linear layers in int8 on the CPU; else as the device suits "
+                             "(or ALPRO_PRECISION)")
     parser.add_argument("--vector-store", choices=("faiss", "pgvector"),
                         help="where the index's vectors are: faiss (the data dir, default) or pgvector (the "
                              "PostgreSQL database of ALPRO_DATABASE_URL) (or ALPRO_VECTOR_STORE)")

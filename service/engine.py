@@ -43,7 +43,8 @@ from .settings import Settings
 logger = logging.getLogger(__name__)
 
 _VIDEO_BATCH = 8  # clips per video-encoder call when computing tokens for re-ranking
-_AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # an index's recorded precision
+# an index's recorded precision -> the autocast its tokens are recomputed in (int8 indexes: the service's own)
+_AUTOCAST = {"fp32": None, "int8": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class Engine(Searching, QueryVectors, Similar, Classifying, Answering):
         """Raise StartupError unless the loaded retrieval checkpoint is the one that built this index version."""
         if self.retrieval is None:  # no checkpoint yet: take the one this index names
             self.retrieval = load_checkpoint(manifest_checkpoint(manifest, self.data_dir), self.settings.bert_config,
-                                             self.device)
+                                             self.device, self.settings)
         if self.retrieval.fingerprint != manifest.checkpoint_fingerprint:
             raise StartupError(
                 f"checkpoint {self.retrieval.path} (fingerprint {self.retrieval.fingerprint}) did not build index "
@@ -274,7 +275,7 @@ class Engine(Searching, QueryVectors, Similar, Classifying, Answering):
 
         Each is an owned, contiguous copy: the caches keep them, and a row view would keep its whole batch."""
         out: list[torch.Tensor] = []
-        dtype = _AUTOCAST[precision]
+        dtype = _AUTOCAST.get(precision)
         with torch.inference_mode(), torch.autocast(loaded.device.type, dtype=dtype, enabled=dtype is not None):
             for i in range(0, len(clips), _VIDEO_BATCH):
                 video = torch.stack(clips[i:i + _VIDEO_BATCH]).to(loaded.device)  # (B, T, 3, H, W)

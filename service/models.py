@@ -14,6 +14,7 @@ import torch
 from model import AlproModel, Tokenizer, checkpoint_fingerprint, load_model
 from model.download import FetchError
 from model.hub import is_checkpoint_name, resolve_checkpoint
+from model.quantize import quantize_encoders
 from store.layout import DataDir
 from store.manifest import IndexManifest
 
@@ -66,11 +67,15 @@ def load_checkpoint(spec: str | Path, bert_config: Optional[Path], device: str,
         raise StartupError(f"cannot fetch checkpoint {spec}: {e}") from e
     except ValueError as e:  # CheckpointError, ConfigError: already name the bad key or value
         raise StartupError(f"cannot load checkpoint {spec}: {e}") from e
-    fingerprint = checkpoint_fingerprint(model)  # of the weights as stored, before any device move
+    fingerprint = checkpoint_fingerprint(model)  # of the weights as stored, before any device move or int8
     model = model.to(torch.device(device)).eval()
+    if settings is not None and settings.precision == "int8":  # the CPU path: int8 Linear layers (issue 23)
+        model = quantize_encoders(model, inplace=True)
     tokenizer = Tokenizer.from_config(model.config)
-    logger.info("loaded %s (fingerprint %s, %d frames, text length %d) on %s in %.1f s", path, fingerprint,
-                model.config.num_frames, tokenizer.max_length, device, time.perf_counter() - start)
+    logger.info("loaded %s (fingerprint %s, %d frames, text length %d) on %s%s in %.1f s", path, fingerprint,
+                model.config.num_frames, tokenizer.max_length, device,
+                " in int8" if settings is not None and settings.precision == "int8" else "",
+                time.perf_counter() - start)
     return LoadedModel(model, tokenizer, fingerprint, Path(path))
 
 

@@ -20,14 +20,15 @@ from . import schemas
 # flag of `alpro-serve` for each field that has one (the rest are ALPRO_* variables only)
 FLAGS = {"data_dir": "--data-dir", "host": "--host", "port": "--port", "checkpoint": "--checkpoint",
          "bert_config": "--bert-config", "qa_checkpoint": "--qa-checkpoint", "device": "--device",
-         "vector_store": "--vector-store"}
+         "vector_store": "--vector-store", "precision": "--precision"}
 
 
 class Settings(SharedSettings):
     """What `alpro-serve` serves and how; see README "Configuration" for the environment variables.
 
     Shared with the indexer: data_dir (required here), database_url, checkpoint (default: the one the index
-    manifest records), bert_config, device, home, checkpoint_url.
+    manifest records), bert_config, device, precision (int8: the models' Linear layers in int8 on the CPU),
+    home, checkpoint_url.
     """
 
     data_dir: Path  # the indexer's data dir (index/, metadata.sqlite3, thumbnails/)
@@ -132,11 +133,7 @@ class Settings(SharedSettings):
 
     @property
     def resolved_device(self) -> str:
-        if self.device != "auto":
-            return self.device
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.resolved_device_name()
 
     @property
     def batch_window_s(self) -> float:

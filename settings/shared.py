@@ -61,6 +61,10 @@ class SharedSettings(BaseSettings):
     # Where segment vectors live (issue 21): FAISS files in the data dir (embedded, the default), or PostgreSQL
     # with pgvector, in the metadata database itself (store/pgvector/), so API replicas share only the database
     vector_store: Literal["faiss", "pgvector"] = "faiss"
+    # How the encoders run (issue 23): auto = bf16/fp16 autocast on a GPU, fp32 on the CPU; int8 = the CPU path
+    # with int8 Linear layers (model/quantize.py), which `auto` devices resolve to the CPU for. The precision an
+    # index's vectors were made in is part of its identity.
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = "auto"
 
     @field_validator("device")
     @classmethod
@@ -81,6 +85,23 @@ class SharedSettings(BaseSettings):
         if value is not None and not value.strip():
             raise ValueError("is blank; leave it unset for the default")
         return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _int8_runs_on_the_cpu(self) -> "SharedSettings":
+        if self.precision == "int8" and self.device not in ("auto", "cpu"):
+            raise ValueError(f"ALPRO_PRECISION=int8 (--precision) runs on the CPU only, and ALPRO_DEVICE (--device) "
+                             f"is {self.device}: use cpu (or auto), or bf16/fp16 on a GPU")
+        return self
+
+    def resolved_device_name(self) -> str:
+        """The device to run on: `auto` is CUDA when present, except for int8, which runs on the CPU."""
+        if self.device != "auto":
+            return self.device
+        if self.precision == "int8":
+            return "cpu"
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
     @model_validator(mode="after")
     def _pgvector_needs_postgresql(self) -> "SharedSettings":

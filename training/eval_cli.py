@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=2, help="decoding worker processes")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--amp", choices=("off", "bf16", "fp16"), default="off")
+    parser.add_argument("--int8", action="store_true", help="run the encoders' Linear layers in int8 (CPU only; "
+                        "model/quantize.py), as ALPRO_PRECISION=int8 does in alpro-index and alpro-serve")
     parser.add_argument("--predictions", action="store_true", help="QA: include every prediction in the output")
     return parser
 
@@ -62,6 +64,14 @@ def main(argv: Optional[list[str]] = None) -> int:
         vocab = read_answer_vocab(args.answers)
         overrides["answers"] = tuple(sorted(vocab, key=vocab.get))
     model = load_model(args.checkpoint, args.bert_config, **overrides).to(args.device).eval()
+    if args.int8:
+        from model.quantize import QuantizationError, quantize_encoders
+
+        try:
+            model = quantize_encoders(model, inplace=True)
+        except QuantizationError as e:
+            print(f"alpro-eval: --int8: {e}", file=sys.stderr)
+            return 2
     amp = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
     if args.task == "retrieval":
         records = read_video_text(args.annotations, args.video_root)
@@ -73,6 +83,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         if not args.predictions:
             metrics.pop("predictions")
     metrics["checkpoint"] = str(args.checkpoint)
+    metrics["precision"] = "int8" if args.int8 else args.amp if args.amp != "off" else "fp32"
     text = json.dumps(metrics, indent=1)
     if args.output:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
