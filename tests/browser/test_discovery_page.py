@@ -13,8 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.browser.chromium import CHROMEDRIVER, CHROMIUM, MISSING, screenshot_dir, wait_for
-from tests.integration.test_service_support import COLORS, make_checkpoints, run_server
-from tests.video_factory import solid_frames, write_video
+from tests.integration.test_service_support import COLORS, make_checkpoints, run_server, write_colour_videos
 
 pytestmark = pytest.mark.skipif(CHROMIUM is None or CHROMEDRIVER is None, reason=MISSING)
 
@@ -41,10 +40,7 @@ def library(tmp_path_factory):
     root = tmp_path_factory.mktemp("discovery-library")
     retrieval, qa = make_checkpoints(root / "checkpoints")
     videos = root / "videos"
-    videos.mkdir()
-    for rel, colours in FILES.items():
-        frames = solid_frames([COLORS[c] for c in colours for _ in range(10)], width=96, height=64)
-        write_video(videos / rel, len(frames), fps=10, width=96, height=64, frames=frames)
+    write_colour_videos(videos, FILES, width=96, height=64)
     summary = run_index(IndexSettings(videos_dir=videos, data_dir=root / "data", checkpoint=retrieval,
                                       segment_seconds=1.0, num_workers=0, progress=False))
     assert summary.failed == 0 and summary.published, summary.to_dict()

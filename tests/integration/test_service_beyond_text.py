@@ -23,10 +23,8 @@ from indexer.discover import content_id  # noqa: E402
 from model import Tokenizer, load_pretrained, load_video  # noqa: E402
 from model.prompts import VIDEO_TEMPLATES  # noqa: E402
 from tests.integration.test_service_support import (COLORS, index_videos, make_checkpoints,  # noqa: E402
-                                                    run_server)
-from tests.video_factory import solid_frames, write_video  # noqa: E402
+                                                    run_server, write_colour_videos)
 
-FPS = 10
 # file -> colour of each second
 LIBRARY = {"red.mp4": ["red", "red"], "red-again.mp4": ["red", "red", "red"], "blue.mp4": ["blue", "blue"],
            "green.mp4": ["green", "green"], "mixed.mp4": ["red", "blue", "green", "yellow"],
@@ -38,12 +36,8 @@ def library(tmp_path_factory):
     root = tmp_path_factory.mktemp("beyond-text")
     retrieval, qa = make_checkpoints(root / "checkpoints")
     videos = root / "videos"
-    videos.mkdir()
-    ids = {}
-    for name, colours in LIBRARY.items():
-        frames = solid_frames([COLORS[c] for c in colours for _ in range(FPS)], width=64, height=48)
-        path = write_video(videos / name, len(frames), fps=FPS, width=64, height=48, frames=frames)
-        ids[name] = content_id(str(path))
+    written = write_colour_videos(videos, LIBRARY)
+    ids = {name: content_id(str(path)) for name, path in written.items()}
     index_videos(videos, root / "data", retrieval)
     return root, retrieval, qa, ids
 

@@ -65,6 +65,17 @@ def make_videos(directory: Path, names: Sequence[str] = ("red", "blue", "green",
     return paths
 
 
+def write_colour_videos(directory: Path, files: dict[str, Sequence[str]], fps: int = 10, width: int = 64,
+                        height: int = 48) -> dict[str, Path]:
+    """Real h264 files whose every second is one solid colour: relative path -> the colour of each second."""
+    written = {}
+    for rel, colours in files.items():
+        frames = solid_frames([COLORS[c] for c in colours for _ in range(fps)], width=width, height=height)
+        (directory / rel).parent.mkdir(parents=True, exist_ok=True)
+        written[rel] = write_video(directory / rel, len(frames), fps=fps, width=width, height=height, frames=frames)
+    return written
+
+
 @dataclass
 class _VideoEntry:
     video_id: str
