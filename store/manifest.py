@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Mapping
 
+import numpy as np
+
 MANIFEST_FORMAT = 2
 
 
@@ -78,6 +80,18 @@ class IndexManifest:
         vision = self.model_config.get("vision", {})
         return {"num_frames": vision.get("num_frames"), "img_size": vision.get("img_size"),
                 **self.model_config.get("preprocess", {})}
+
+    def query_matrix(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Queries for a search of this version as a contiguous float32 (Q, dim) matrix (one (dim,) query
+        becomes (1, dim)); ValueError for a k below 1 or another shape."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None]
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise ValueError(f"queries must be (Q, {self.dim}), got {tuple(np.shape(queries))}")
+        return q
 
     def check_model(self, fingerprint: str, model_config: Mapping[str, Any] | None = None) -> None:
         """Raise IndexMismatchError unless this index was made by that checkpoint (and pre-processing)."""

@@ -145,13 +145,7 @@ class IndexSnapshot:
         """(Q, dim) float32 L2-normalised -> scores (Q, k) float32, segment ids (Q, k) int64, over the served rows
         (or the selected ones). Rows are best first; where fewer than k vectors exist the id is -1 and the
         score -inf."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        q = np.ascontiguousarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        if q.ndim != 2 or q.shape[1] != self.manifest.dim:
-            raise ValueError(f"queries must be (Q, {self.manifest.dim}), got {tuple(np.shape(queries))}")
+        q = self.manifest.query_matrix(queries, k)
         masks = (selection or self._selection).masks
         if self._gpu is not None and selection is None:
             return merge([self._search_gpu(i, q, k) for i in range(len(self._parts))], k)

@@ -112,13 +112,7 @@ class VectorSnapshot:
                passing: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(Q, dim) float32 L2-normalised -> scores (Q, k) float32, segment ids (Q, k) int64, best first, over the
         rows that pass `where` (`passing` of them; default: all of this version's)."""
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        q = np.asarray(queries, dtype=np.float32)
-        if q.ndim == 1:
-            q = q[None]
-        if q.ndim != 2 or q.shape[1] != self.manifest.dim:
-            raise ValueError(f"queries must be (Q, {self.manifest.dim}), got {tuple(np.shape(queries))}")
+        q = self.manifest.query_matrix(queries, k)
         condition, params = (where or RowFilter()).sql()
         params["v"] = self.version
         passing = self.num_vectors if passing is None else passing
