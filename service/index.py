@@ -170,8 +170,13 @@ class RowTable:
         return Selection(self, self.snapshot.select(self.passing_videos(filters)[self.video_pos]))
 
 
-class IndexHolder:
-    """Holds the current snapshot; `refresh` switches to the published version if it changed."""
+class VersionHolder:
+    """What the FAISS and pgvector holders share: the served entry (its `.snapshot`), the versions refused and
+    why, the switch to a newly published version and the loop that polls for one. A holder says how to read
+    the published version (`_published_version`), open it (`_open`), serve it (`_swap`) and what a failed poll
+    logs (`_poll_failed`)."""
+
+    _OPEN_FAILED = "index version %s named by CURRENT cannot be opened: %s"
 
     def __init__(self, data_dir: DataDir, check: Callable[[IndexManifest], None],
                  metrics: Optional[Metrics] = None) -> None:
@@ -180,7 +185,7 @@ class IndexHolder:
         self.metrics = metrics
         self._lock = threading.Lock()
         self._refresh_lock = threading.Lock()
-        self._current: Optional[_Entry] = None
+        self._current = None  # the served entry
         self._rejected: dict[int, str] = {}  # version -> why it is not served (not retried)
         self.error: Optional[str] = None  # why the newest published version is not served
 
@@ -193,6 +198,46 @@ class IndexHolder:
     def manifest(self) -> Optional[IndexManifest]:
         entry = self._current
         return entry.snapshot.manifest if entry is not None else None
+
+    def refresh(self) -> bool:
+        """Serve the published version, if new and servable; True when it switched. Blocking."""
+        with self._refresh_lock:
+            version = self._published_version()
+            if version is None or version == self.version or version in self._rejected:
+                return False
+            try:
+                snapshot = self._open(version)
+            except IndexNotFoundError as e:  # the published version moved on, or retention raced us
+                logger.warning(self._OPEN_FAILED, version, e)
+                return False
+            try:
+                self._check(snapshot.manifest)
+            except Exception as e:
+                snapshot.close()
+                self._rejected[version] = str(e)
+                self.error = f"index version {version} not served: {e}"
+                logger.error("%s", self.error)
+                return False
+            self._swap(snapshot)
+            return True
+
+    async def watch(self, interval_s: float) -> None:
+        """Poll for a new published version forever (cancel to stop); each check runs in a worker thread."""
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await asyncio.to_thread(self.refresh)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._poll_failed(e)
+
+    def _poll_failed(self, error: Exception) -> None:
+        logger.exception("checking %s for a new index version failed", self.data_dir.root)
+
+
+class IndexHolder(VersionHolder):
+    """Holds the current snapshot; `refresh` switches to the version index/CURRENT names if it changed."""
 
     def acquire(self) -> IndexLease:
         """A lease on the current snapshot; 503 when there is none yet."""
@@ -212,29 +257,11 @@ class IndexHolder:
         if close:
             self._close(entry)
 
-    def refresh(self) -> bool:
-        """Serve the version index/CURRENT names, if new and servable; True when it switched. Blocking."""
-        with self._refresh_lock:
-            version = self.data_dir.current_version()
-            if version is None or version == self.version:
-                return False
-            if version in self._rejected:
-                return False
-            try:
-                snapshot = self.data_dir.open_index(version)
-            except IndexNotFoundError as e:  # CURRENT moved past a version being written, or a race
-                logger.warning("index version %s named by CURRENT cannot be opened: %s", version, e)
-                return False
-            try:
-                self._check(snapshot.manifest)
-            except Exception as e:
-                snapshot.close()
-                self._rejected[version] = str(e)
-                self.error = f"index version {version} not served: {e}"
-                logger.error("%s", self.error)
-                return False
-            self._swap(snapshot)
-            return True
+    def _published_version(self) -> Optional[int]:
+        return self.data_dir.current_version()
+
+    def _open(self, version: int) -> IndexSnapshot:
+        return self.data_dir.open_index(version)
 
     def install(self, snapshot: IndexSnapshot) -> None:
         """Serve an already opened and checked snapshot (start-up)."""
@@ -266,17 +293,6 @@ class IndexHolder:
             logger.exception("closing index version %d failed", entry.snapshot.version)
         else:
             logger.debug("closed index version %d", entry.snapshot.version)
-
-    async def watch(self, interval_s: float) -> None:
-        """Poll CURRENT forever (cancel to stop); opening a new version happens in a worker thread."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await asyncio.to_thread(self.refresh)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("checking %s for a new index version failed", self.data_dir.root)
 
     def close(self) -> None:
         with self._lock:

@@ -10,7 +10,6 @@ A database fault on the search path is a 503 `database_unavailable`, as on the c
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import threading
@@ -28,6 +27,7 @@ from store.pgvector import RowFilter, VectorSnapshot, create_vector_engine, read
 from . import schemas
 from .catalog import CatalogUnavailableError
 from .errors import IndexUnavailableError
+from .index import VersionHolder
 from .metrics import Metrics
 from .ranking import prefix_folder
 
@@ -138,20 +138,15 @@ def open_published(data_dir: DataDir, engine: Optional[Engine] = None) -> Option
         return None
 
 
-class PgIndexHolder:
+class PgIndexHolder(VersionHolder):
     """Holds the served version; `refresh` switches to the published one if it changed (service.index's API)."""
+
+    _OPEN_FAILED = "pgvector index version %s cannot be opened: %s"
 
     def __init__(self, data_dir: DataDir, check: Callable[[IndexManifest], None],
                  metrics: Optional[Metrics] = None) -> None:
-        self.data_dir = data_dir
-        self._check = check  # raises when a version cannot be served with the loaded model
-        self.metrics = metrics
+        super().__init__(data_dir, check, metrics)
         self._engine: Optional[Engine] = None
-        self._lock = threading.Lock()
-        self._refresh_lock = threading.Lock()
-        self._current: Optional[_Entry] = None
-        self._rejected: dict[int, str] = {}
-        self.error: Optional[str] = None
 
     @property
     def engine(self) -> Engine:
@@ -159,16 +154,6 @@ class PgIndexHolder:
             if self._engine is None:
                 self._engine = create_vector_engine(self.data_dir.database_url)
             return self._engine
-
-    @property
-    def version(self) -> Optional[int]:
-        entry = self._current
-        return entry.snapshot.version if entry is not None else None
-
-    @property
-    def manifest(self) -> Optional[IndexManifest]:
-        entry = self._current
-        return entry.snapshot.manifest if entry is not None else None
 
     def acquire(self) -> PgLease:
         entry = self._current
@@ -178,27 +163,12 @@ class PgIndexHolder:
                 "(with ALPRO_VECTOR_STORE=pgvector)" + (f" ({self.error})" if self.error else ""))
         return PgLease(entry.snapshot, entry)
 
-    def refresh(self) -> bool:
-        """Serve the published version, if new and servable; True when it switched. Blocking."""
-        with self._refresh_lock:
-            with self.engine.connect() as conn:
-                version = read_current_version(conn)
-            if version is None or version == self.version or version in self._rejected:
-                return False
-            try:
-                snapshot = ServedSnapshot.open(self.engine, version)
-            except IndexNotFoundError as e:  # retention raced us
-                logger.warning("pgvector index version %s cannot be opened: %s", version, e)
-                return False
-            try:
-                self._check(snapshot.manifest)
-            except Exception as e:
-                self._rejected[version] = str(e)
-                self.error = f"index version {version} not served: {e}"
-                logger.error("%s", self.error)
-                return False
-            self._swap(snapshot)
-            return True
+    def _published_version(self) -> Optional[int]:
+        with self.engine.connect() as conn:
+            return read_current_version(conn)
+
+    def _open(self, version: int) -> ServedSnapshot:
+        return ServedSnapshot.open(self.engine, version)
 
     def install(self, snapshot: VectorSnapshot) -> None:
         """Serve an already opened and checked snapshot (start-up); its engine becomes this holder's."""
@@ -224,18 +194,11 @@ class PgIndexHolder:
         if old is not None:
             old.snapshot.close()  # its row cache only: requests still on it query by its version
 
-    async def watch(self, interval_s: float) -> None:
-        """Poll the published version forever (cancel to stop); each check runs in a worker thread."""
-        while True:
-            await asyncio.sleep(interval_s)
-            try:
-                await asyncio.to_thread(self.refresh)
-            except asyncio.CancelledError:
-                raise
-            except DBAPIError as e:
-                logger.warning("checking the vector database for a new index version failed: %s", e.orig)
-            except Exception:
-                logger.exception("checking the vector database for a new index version failed")
+    def _poll_failed(self, error: Exception) -> None:
+        if isinstance(error, DBAPIError):
+            logger.warning("checking the vector database for a new index version failed: %s", error.orig)
+        else:
+            logger.exception("checking the vector database for a new index version failed")
 
     def close(self) -> None:
         with self._lock:
