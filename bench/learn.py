@@ -12,9 +12,16 @@ budgets instead (then a loaded machine trains fewer steps).
 4. Evaluation through the real file pipeline (model.preprocess decoding, uniform sampling): text->video
    retrieval with VTC and with VTM re-ranking of the VTC top-k, QA accuracy averaged over question types.
 
-Writes r1, r5, r10, median_rank, mean_rank, rerank_r1, qa_accuracy (mean over question types),
-qa_accuracy_overall, qa_per_type, train_seconds (both trainings' loops) and the CPU load seen
-(1-minute load average sampled every 5 s; other processes on the machine slow training down).
+5. The retrieval model probed as ALPRO's prompter (training/prompter_probe.py: crops of one shape against the
+   45 entity prompts), the pseudo-labels PEM would learn from.
+
+Writes r1, r5, r10, median_rank, mean_rank, rerank_r1 (model.alpro.rerank_scores: VTC logit + VTM log-odds;
+rerank_r1_lavis with LAVIS's itm_logit[1] + cosine), qa_accuracy (mean over question types),
+qa_accuracy_overall, qa_per_type, vtm_loss_last / vtm_acc_last (the pre-training log's last VTM figures;
+vtm_prior is the loss of always answering the 1 : 2 prior) and vtm_log (every logged step), pem_shape_acc /
+pem_coloured_acc (chance 20% / 2.5%), train_seconds (both trainings' loops), the mean seconds per step of
+each stage, and the CPU load seen (1-minute load average sampled every 5 s; other processes on the
+machine slow training down).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -39,11 +47,13 @@ from model import load_pretrained  # noqa: E402
 from training.config import load_config  # noqa: E402
 from training.data import read_qa, read_video_text  # noqa: E402
 from training.evaluate import evaluate_qa, evaluate_retrieval  # noqa: E402
+from training.prompter_probe import crop_probe  # noqa: E402
 from training.synth import CorpusConfig, generate_corpus  # noqa: E402
 from training.trainer import train  # noqa: E402
 
 logger = logging.getLogger("bench.learn")
 ROOT = Path(__file__).resolve().parents[1]
+VTM_PRIOR = -(math.log(1 / 3) + 2 * math.log(2 / 3)) / 3  # cross-entropy of answering 1 match : 2 negatives
 
 
 class LoadSampler:
@@ -96,9 +106,10 @@ def run(seed: int, work: Path, retrieval_steps: int = 0, qa_steps: int = 0, retr
                                          *qa_overrides])
         qa = train(qa_cfg)
     eval_start = time.perf_counter()
-    retrieval = evaluate_retrieval(load_pretrained(ret.final), read_video_text([corpus / "annotations" / "test.jsonl"],
-                                                                              str(corpus)),
+    ret_model = load_pretrained(ret.final)
+    retrieval = evaluate_retrieval(ret_model, read_video_text([corpus / "annotations" / "test.jsonl"], str(corpus)),
                                    rerank_k=ret_cfg.eval.rerank_k, num_workers=1)
+    pem = crop_probe(ret_model, seed=seed)
     qa_records = read_qa([corpus / "annotations" / "qa_test.jsonl"], str(corpus))
     qa_metrics = evaluate_qa(load_pretrained(qa.final), qa_records, num_workers=1)
     eval_seconds = time.perf_counter() - eval_start
@@ -107,12 +118,18 @@ def run(seed: int, work: Path, retrieval_steps: int = 0, qa_steps: int = 0, retr
         "r1": round(retrieval["r1"], 2), "r5": round(retrieval["r5"], 2), "r10": round(retrieval["r10"], 2),
         "median_rank": retrieval["median_rank"], "mean_rank": round(retrieval["mean_rank"], 2),
         "rerank_r1": round(retrieval["rerank_r1"], 2), "rerank_r5": round(retrieval["t2v_rerank"]["r5"], 2),
+        "rerank_r1_lavis": round(retrieval["t2v_rerank_lavis"]["r1"], 2),
         "v2t_r1": round(retrieval["v2t"]["r1"], 2),
         "qa_accuracy": round(qa_metrics["mean_per_type"], 2), "qa_accuracy_overall": round(qa_metrics["accuracy"], 2),
         "qa_per_type": {k: round(v, 2) for k, v in qa_metrics["per_type"].items()},
+        **vtm_figures(Path(ret_cfg.train.output_dir) / "log.jsonl"),
+        "pem_shape_acc": round(100 * pem["shape_acc"], 2), "pem_coloured_acc": round(100 * pem["coloured_acc"], 2),
+        "pem_first_is_right_entity": round(100 * pem["first_is_right_entity"], 2), "pem_crops": pem["crops"],
         "train_seconds": round(ret.train_seconds + qa.train_seconds, 1),
         "retrieval_train_seconds": ret.train_seconds, "qa_train_seconds": qa.train_seconds,
         "retrieval_steps": ret.steps, "qa_steps": qa.steps,
+        "retrieval_step_seconds": round(ret.train_seconds / max(ret.steps, 1), 3),
+        "qa_step_seconds": round(qa.train_seconds / max(qa.steps, 1), 3),
         "synth_seconds": round(synth_seconds, 1), "eval_seconds": round(eval_seconds, 1),
         "test_videos": retrieval["videos"], "test_queries": retrieval["queries"],
         "qa_questions": qa_metrics["questions"],
@@ -120,6 +137,17 @@ def run(seed: int, work: Path, retrieval_steps: int = 0, qa_steps: int = 0, retr
         "cpu_load_1min": load.summary(), "torch_threads": torch.get_num_threads(),
         "retrieval_checkpoint": ret.final, "qa_checkpoint": qa.final,
     }
+
+
+def vtm_figures(log: Path) -> dict[str, Any]:
+    """The VTM loss and accuracy of a pre-training log: the last logged ones and every logged step's."""
+    rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "vtm" in r and "step" in r]
+    if not rows:
+        return {"vtm_loss_last": None, "vtm_acc_last": None, "vtm_prior": round(VTM_PRIOR, 4), "vtm_log": []}
+    return {"vtm_loss_last": round(rows[-1]["vtm"], 4), "vtm_acc_last": round(rows[-1].get("vtm_acc", float("nan")), 4),
+            "vtm_prior": round(VTM_PRIOR, 4),
+            "vtm_log": [[r["step"], round(r["vtm"], 4), round(r.get("vtm_acc", float("nan")), 4)] for r in rows]}
 
 
 def _length(steps: int, minutes: float) -> list[str]:

@@ -86,6 +86,10 @@ class LossSection:
     mlm_prob: float = 0.15  # share of real tokens chosen for MLM
     vtm_negatives: str = "global"  # "global": from the all-gathered batch (DDP == 1 process); "local"
     vtm_hard_ratio: float = 1.0  # share of VTM negatives drawn by similarity (reference: 1); the rest uniform
+    # share of the run over which that share ramps up linearly from 0 (all uniform) to vtm_hard_ratio; 0: none
+    # (the reference). From scratch, hard negatives differ in what the encoders cannot see yet and VTM stays
+    # at its prior; uniform ones first teach fusion to compare the two sides at all.
+    vtm_hard_warmup: float = 0.0
     vtm_pairs: int = 0  # positives per micro-batch VTM scores (each with 2 negatives); 0 = all (reference)
     pem_area: tuple[float, float] = (0.3, 0.5)  # crop area as a share of the frame
     pem_aspect: tuple[float, float] = (0.3, 1 / 0.3)  # crop width / height
@@ -192,6 +196,8 @@ class TrainConfig:
             raise TrainConfigError("pretrain with loss.pem > 0 needs model.prompter (run pretrain-prompter first)")
         if self.loss.vtm_pairs < 0:
             raise TrainConfigError(f"loss.vtm_pairs must be >= 0, got {self.loss.vtm_pairs}")
+        if not 0.0 <= self.loss.vtm_hard_warmup <= 1.0:
+            raise TrainConfigError(f"loss.vtm_hard_warmup must be in [0, 1], got {self.loss.vtm_hard_warmup}")
         if not 0.0 <= self.loss.vtm_hard_ratio <= 1.0:
             raise TrainConfigError(f"loss.vtm_hard_ratio must be in [0, 1], got {self.loss.vtm_hard_ratio}")
         if not 0.0 <= self.loss.mlm_prob <= 1.0:

@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from model import AlproModel, Tokenizer, VideoError, load_video, normalize_frames
+from model.alpro import rerank_scores
 
 from .data import IGNORE_INDEX, QARecord, VideoTextRecord, load_image_frames
 
@@ -113,11 +114,13 @@ def rank_metrics(scores: torch.Tensor, positives: Sequence[Sequence[int]]) -> di
 def vtm_rerank(model: AlproModel, cosine: torch.Tensor, query_tokens: torch.Tensor,
                query_mask: Optional[torch.Tensor], cand_tokens: torch.Tensor, cand_mask: Optional[torch.Tensor],
                k: int, query_is_text: bool, batch_size: int = 64,
-               amp_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """(Q, C) scores: itm_logit[1] + cosine on each query's VTC top-k; the rest keep VTC order below them."""
+               amp_dtype: Optional[torch.dtype] = None, lavis: bool = False) -> torch.Tensor:
+    """(Q, C) scores: `model.rerank_scores` (VTC logit + VTM log-odds; with `lavis`, LAVIS's itm_logit[1] +
+    cosine) on each query's VTC top-k; the rest keep VTC order below them."""
     k = min(k, cosine.shape[1])
     top = cosine.topk(k, dim=1).indices  # (Q, k)
-    scores = cosine - 1e4  # outside the top-k: below every re-scored candidate, in VTC order
+    scores = cosine.float() - 1e4  # outside the top-k: below every re-scored candidate, in VTC order
+    temperature = model.temperature
     pairs = [(q, int(c)) for q in range(cosine.shape[0]) for c in top[q]]
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start:start + batch_size]
@@ -129,7 +132,9 @@ def vtm_rerank(model: AlproModel, cosine: torch.Tensor, query_tokens: torch.Tens
             video, text, mask = query_tokens[q_idx], cand_tokens[c_idx], cand_mask[c_idx]
         with _autocast(model.device, amp_dtype):
             logits = model.vtm_logits_from_tokens(video, text, mask).float()
-        scores[q_idx, c_idx] = logits[:, 1].to(scores.dtype) + cosine[q_idx, c_idx]
+        pair_cosine = cosine[q_idx, c_idx]
+        scores[q_idx, c_idx] = (logits[:, 1] + pair_cosine.float() if lavis
+                                else rerank_scores(pair_cosine, logits, temperature)).to(scores.dtype)
     return scores
 
 
@@ -172,6 +177,8 @@ def evaluate_retrieval(model: AlproModel, records: Sequence[VideoTextRecord], re
         s_v2t = vtm_rerank(model, cosine_t2v.t().contiguous(), video_tokens, None, text_tokens, text_mask,
                            rerank_k, False, amp_dtype=amp_dtype)
         out["t2v_rerank"] = rank_metrics(s_t2v, t2v_pos)
+        out["t2v_rerank_lavis"] = rank_metrics(vtm_rerank(model, cosine_t2v, text_tokens, text_mask, video_tokens, None,
+                                                          rerank_k, True, amp_dtype=amp_dtype, lavis=True), t2v_pos)
         out["v2t_rerank"] = rank_metrics(s_v2t, v2t_pos)
         out["rerank_k"] = rerank_k
     skipped = [media[i][0] for i in range(len(media)) if i not in set(kept)]

@@ -64,6 +64,12 @@ class LossModule(nn.Module):
         # pool clip index -> its video tokens (train.cache_video_tokens); not state: rebuilt after a resume
         self.video_cache: Optional[dict[int, torch.Tensor]] = {} if cache_video_tokens else None
         self.pool_video = pool_video  # pool clip index -> its normalised frames
+        self.progress = 0.0  # share of the run's steps done, set by the trainer before each step
+
+    def vtm_hard_ratio(self) -> float:
+        """The share of hard VTM negatives at this point of the run (loss.vtm_hard_warmup ramps it up)."""
+        ratio, warmup = self.loss.vtm_hard_ratio, self.loss.vtm_hard_warmup
+        return ratio if warmup <= 0 else ratio * min(1.0, self.progress / warmup)
 
     def cached_video_tokens(self, batch: dict) -> torch.Tensor:
         """The batch's video tokens, encoding (in eval mode, without gradients) only clips not seen before."""
@@ -90,7 +96,7 @@ class LossModule(nn.Module):
             out: LossOutput = qa_loss(self.model, batch, video)
         else:
             out = alpro_losses(self.model, batch, self.weights, generator, self.loss.vtm_negatives,
-                               self.loss.pem_min_confidence, self.loss.vtm_hard_ratio,
+                               self.loss.pem_min_confidence, self.vtm_hard_ratio(),
                                self.loss.vtm_pairs)
         return out.objective, out.terms
 

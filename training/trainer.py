@@ -300,6 +300,7 @@ class Trainer:
         loop_start = time.perf_counter() - s.train_seconds
         while s.step < s.total_steps:
             self.optimizer.zero_grad(set_to_none=True)
+            self.loss.progress = s.step / max(s.total_steps, 1)
             for micro in range(accum):
                 batch = next(batches)
                 skipped_since_log += len(batch["skipped"])

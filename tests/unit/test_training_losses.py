@@ -261,3 +261,17 @@ def test_cached_video_tokens_give_the_loss_of_encoding_every_batch():
         cached({**bare, "clip": torch.tensor([-1, 2, 7])}, gen)
     with pytest.raises(ValueError, match="pool_video"):
         LossModule(model, "finetune-qa", {"qa": 1.0}, LossSection(), cache_video_tokens=True)
+
+
+def test_vtm_hard_negatives_ramp_up_over_the_warmup_share_of_the_run():
+    from types import SimpleNamespace
+
+    from training.config import LossSection
+    from training.tasks import LossModule
+
+    def ratio(progress, **loss):
+        return LossModule.vtm_hard_ratio(SimpleNamespace(loss=LossSection(**loss), progress=progress))
+
+    assert [ratio(p, vtm_hard_ratio=1.0, vtm_hard_warmup=0.5) for p in (0.0, 0.25, 0.5, 0.9)] == [0.0, 0.5, 1.0, 1.0]
+    assert ratio(0.1, vtm_hard_ratio=0.8, vtm_hard_warmup=0.4) == pytest.approx(0.2)
+    assert ratio(0.0, vtm_hard_ratio=0.7) == 0.7  # no warm-up: the reference's constant share
