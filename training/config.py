@@ -70,6 +70,10 @@ class DataSection:
     # pre-training: pairs of clips that differ in one thing (training.synth.twin_spec kinds: reverse, shape,
     # colour, still), side by side in a batch as each other's hardest negative; empty = independent clips
     synth_twins: list[str] = field(default_factory=list)
+    # pre-training: share of clips captioned without their shapes' colours ("a circle moves to the left"); such
+    # a caption's positives are every clip of the batch it fits. Colour is what VTC learns first; a caption
+    # without it can only be matched by shape and motion
+    synth_colourless_captions: float = 0.0
     # QA: > 0 draws clips from a fixed pool of this many (a clip's pixels, flip included, are the same every
     # time it recurs; its question is drawn afresh), so train.cache_video_tokens can encode each clip once
     synth_pool_clips: int = 0
@@ -174,6 +178,9 @@ class TrainConfig:
         unknown = [k for k in self.data.synth_twins if k not in TWIN_KINDS]
         if unknown:
             raise TrainConfigError(f"data.synth_twins: unknown kinds {unknown}; choose from {list(TWIN_KINDS)}")
+        if not 0.0 <= self.data.synth_colourless_captions <= 1.0:
+            raise TrainConfigError(f"data.synth_colourless_captions must be in [0, 1], "
+                                   f"got {self.data.synth_colourless_captions}")
         if self.data.synth_twins and self.train.batch_size % 2:
             raise TrainConfigError(f"data.synth_twins needs an even train.batch_size (pairs share a batch), "
                                    f"got {self.train.batch_size}")

@@ -479,7 +479,14 @@ class SyntheticVideoText(KeyedDataset):
             spec = spec.flipped()
         video = self.frames.pipeline.normalize(frames)
         out: dict[str, Any] = {"video": video, "key": stable_hash(spec.key), "is_image": False}
-        self.builder.text(out, spec.caption(), rng)
+        colourless = False
+        if self.data.synth_colourless_captions > 0:
+            colourless = bool(rng.random() < self.data.synth_colourless_captions)
+            # what the caption says (text_key) and the coarser key of the clip a colourless caption matches
+            out["text_key"] = stable_hash(spec.colourless_key if colourless else spec.key)
+            out["colourless_key"] = stable_hash(spec.colourless_key)
+            out["text_colourless"] = colourless
+        self.builder.text(out, spec.caption(colours=not colourless), rng)
         self.builder.crop(out, video, rng)
         return out
 

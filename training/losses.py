@@ -18,7 +18,8 @@ Distributed equivalence (N processes with batch B == 1 process with batch N*B, u
 - MLM masks and PEM boxes are drawn per sample in the data pipeline (see data.py).
 Positives: samples with the same content key (same caption or same clip) are positives of each other:
 VTC spreads its target over them and VTM never draws them as negatives (the reference only excludes the
-diagonal, which makes a duplicate caption in a batch a false negative).
+diagonal, which makes a duplicate caption in a batch a false negative). A synthetic caption without colours
+(data.synth_colourless_captions) fits every clip of the batch with its shapes and motions (`caption_fits`).
 """
 
 from __future__ import annotations
@@ -71,20 +72,35 @@ def _temperature(model: AlproModel) -> torch.Tensor:
     return temp if w == 1 else temp / w + temp.detach() * (1 - 1 / w)
 
 
+def caption_fits(batch: dict) -> torch.Tensor:
+    """(G, G) bool over the gathered batch: [v, t] = text t describes video v. Texts and videos of one content
+    key fit each other; a colourless synthetic caption (`text_colourless`, data.synth_colourless_captions)
+    fits every video whose `colourless_key` is its `text_key`."""
+    keys = gather_nograd(batch["key"])  # (G,)
+    if "text_key" not in batch:
+        return keys[:, None] == keys[None, :]
+    text_keys, coarse = gather_nograd(batch["text_key"]), gather_nograd(batch["colourless_key"])
+    colourless = gather_nograd(batch["text_colourless"].long()).bool()
+    return torch.where(colourless[None, :], coarse[:, None] == text_keys[None, :], keys[:, None] == text_keys[None, :])
+
+
 def vtc_loss(model: AlproModel, video_feat: torch.Tensor, text_feat: torch.Tensor,
-             keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+             positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Global VTC loss (same value on every rank) and the global (G, G) similarity logits (no grad).
 
+    `positives`: this rank's content keys (B,), videos and texts of one key fitting each other, or the
+    gathered batch's (G, G) fit matrix (`caption_fits`: [v, t] = text t describes video v).
     Returns (loss, sim_v2t, positive_mask), all over the gathered batch.
     """
     video_all = gather_local_grad(video_feat.float())  # (G, D)
     text_all = gather_local_grad(text_feat.float())  # (G, D)
-    keys_all = gather_nograd(keys)  # (G,)
-    positives = keys_all[:, None] == keys_all[None, :]  # (G, G)
+    if positives.ndim == 1:
+        keys_all = gather_nograd(positives)  # (G,)
+        positives = keys_all[:, None] == keys_all[None, :]  # (G, G)
     sim = video_all @ text_all.t() / _temperature(model)  # (G, G)
-    targets = positives.float() / positives.float().sum(dim=1, keepdim=True)
-    loss_v2t = -(F.log_softmax(sim, dim=1) * targets).sum(dim=1).mean()
-    loss_t2v = -(F.log_softmax(sim.t(), dim=1) * targets).sum(dim=1).mean()
+    fits = positives.float()
+    loss_v2t = -(F.log_softmax(sim, dim=1) * fits / fits.sum(dim=1, keepdim=True)).sum(dim=1).mean()
+    loss_t2v = -(F.log_softmax(sim.t(), dim=1) * fits.t() / fits.t().sum(dim=1, keepdim=True)).sum(dim=1).mean()
     return (loss_v2t + loss_t2v) / 2, sim.detach(), positives
 
 
@@ -117,7 +133,7 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
     negatives (negatives are still drawn from the whole batch): the fusion passes for VTM are most of a
     small model's step, so a compute-bound run trades VTM pairs for steps. 0 scores all (the reference).
     """
-    video, keys = batch["video"], batch["key"]
+    video = batch["video"]
     mlm = weights.get("mlm", 0) > 0
     ids, mask, *mlm_text = trim_padding(batch, ("input_ids", "attention_mask")
                                         + (("mlm_input_ids", "mlm_labels") if mlm else ()), across_ranks=True)
@@ -131,7 +147,7 @@ def alpro_losses(model: AlproModel, batch: dict, weights: dict[str, float], gene
     video_feat = model.video_features(video_tokens)
     text_feat = model.text_features(text_tokens)
 
-    loss, sim, positives = vtc_loss(model, video_feat, text_feat, keys)
+    loss, sim, positives = vtc_loss(model, video_feat, text_feat, caption_fits(batch))
     terms["vtc"] = loss.detach()
     if weights.get("vtc", 0) > 0:
         objective = objective + weights["vtc"] * loss * w

@@ -190,9 +190,10 @@ class ObjectSpec:
         colour = self.to_colour if self.to_colour is not None and t >= 0.5 else self.colour
         return x, y, scale, angle, colour
 
-    def noun_phrase(self) -> str:
-        article = "an" if self.colour[0] in "aeiou" else "a"
-        return f"{article} {self.colour} {self.shape}"
+    def noun_phrase(self, colour: bool = True) -> str:
+        """"a red circle"; without `colour`, "a circle" (the colour it may turn to stays in the verb phrase)."""
+        words = f"{self.colour} {self.shape}" if colour else self.shape
+        return f"{'an' if words[0] in 'aeiou' else 'a'} {words}"
 
     def verb_phrase(self, phrasing: int = 0) -> str:
         return PHRASES[self.motion][phrasing].format(to=self.to_colour)
@@ -244,10 +245,11 @@ class ClipSpec:
         return dataclasses.replace(self, objects=tuple(o.reversed() for o in self.objects))
 
     # -- language ---------------------------------------------------------------------------------------
-    def caption(self, phrasing: int | None = None) -> str:
-        """The caption in phrasing `phrasing` (default: the spec's own)."""
+    def caption(self, phrasing: int | None = None, colours: bool = True) -> str:
+        """The caption in phrasing `phrasing` (default: the spec's own); without `colours` it leaves out each
+        shape's colour at the start ("a circle moves to the left"), a caption that fits more clips."""
         p = self.phrasing if phrasing is None else phrasing
-        clauses = [f"{o.noun_phrase()} {o.verb_phrase(p)}" for o in self.objects]
+        clauses = [f"{o.noun_phrase(colours)} {o.verb_phrase(p)}" for o in self.objects]
         return PAIR_JOINS[p].join(clauses)
 
     def captions(self) -> list[str]:
@@ -259,6 +261,11 @@ class ClipSpec:
     def key(self) -> str:
         """Canonical description: equal keys <=> clips a viewer cannot tell apart by their captions."""
         return " | ".join(sorted(f"{o.noun_phrase()} {o.verb_phrase(0)}" for o in self.objects))
+
+    @property
+    def colourless_key(self) -> str:
+        """The key of the caption without colours: equal for every clip that caption fits."""
+        return " | ".join(sorted(f"{o.noun_phrase(False)} {o.verb_phrase(0)}" for o in self.objects))
 
     def entities(self) -> list[str]:
         """Entities (see `entity_vocabulary`) visible in the clip."""

@@ -269,3 +269,30 @@ def test_synthetic_qa_pool_clips_recur_with_the_same_pixels_and_their_own_questi
     assert fresh["clip"] == -1 and "video" in fresh
     with pytest.raises(IndexError):
         ds.pool_clip(6)
+
+
+def test_colourless_captions_name_no_starting_colour_and_carry_the_keys_of_every_clip_they_fit():
+    from training import synth
+
+    data = DataSection(source="synthetic", synth_epoch_clips=80, synth_colourless_captions=0.5)
+    ds = SyntheticVideoText(preset_config("tiny", img_size=64, num_frames=2), data, LossSection(), seed=4)
+    decode = ds.builder.tokenizer.decode
+    colourless = 0
+    for i in range(80):
+        item = ds[(0, i)]
+        words = decode(item["input_ids"]).split()
+        shape_at = [j for j, w in enumerate(words) if w in synth.SHAPES]
+        assert shape_at, words
+        before_shape = {words[j - 1] for j in shape_at}  # "a red circle" or "a circle"
+        if item["text_colourless"]:
+            colourless += 1
+            assert before_shape <= {"a", "an"}, words
+            assert item["text_key"] == item["colourless_key"] != item["key"]
+        else:
+            assert before_shape <= set(synth.COLOURS), words
+            assert item["text_key"] == item["key"] != item["colourless_key"]
+    assert 20 <= colourless <= 60
+    # off (the default): no extra keys, the reference's batch
+    plain = SyntheticVideoText(preset_config("tiny", img_size=64, num_frames=2),
+                               DataSection(source="synthetic", synth_epoch_clips=8), LossSection(), seed=4)[(0, 0)]
+    assert "text_key" not in plain and "colourless_key" not in plain and isinstance(plain["key"], int)

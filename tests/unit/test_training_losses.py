@@ -275,3 +275,29 @@ def test_vtm_hard_negatives_ramp_up_over_the_warmup_share_of_the_run():
     assert [ratio(p, vtm_hard_ratio=1.0, vtm_hard_warmup=0.5) for p in (0.0, 0.25, 0.5, 0.9)] == [0.0, 0.5, 1.0, 1.0]
     assert ratio(0.1, vtm_hard_ratio=0.8, vtm_hard_warmup=0.4) == pytest.approx(0.2)
     assert ratio(0.0, vtm_hard_ratio=0.7) == 0.7  # no warm-up: the reference's constant share
+
+
+def test_a_colourless_caption_fits_every_clip_with_its_shapes_and_motions_and_vtc_targets_them_all():
+    from training.losses import caption_fits
+
+    # clips: red circle left, blue circle left, red square left; text 1 is colourless ("a circle moves left")
+    batch = {"key": torch.tensor([10, 11, 12]), "colourless_key": torch.tensor([20, 20, 21]),
+             "text_key": torch.tensor([10, 20, 12]), "text_colourless": torch.tensor([False, True, False])}
+    fits = caption_fits(batch)
+    assert fits.tolist() == [[True, True, False], [False, True, False], [False, False, True]]  # [video, text]
+    model = tiny()
+    torch.manual_seed(3)
+    v = F.normalize(torch.randn(3, 256), dim=-1)
+    t = F.normalize(torch.randn(3, 256), dim=-1)
+    loss, _, positives = vtc_loss(model, v, t, fits)
+    logits = v @ t.t() / 0.07
+    v2t = torch.tensor([[.5, .5, 0], [0, 1, 0], [0, 0, 1.]])  # video 0 is described by texts 0 and 1
+    t2v = torch.tensor([[1, 0, 0], [.5, .5, 0], [0, 0, 1.]])  # text 1 describes videos 0 and 1
+    expected = -((v2t * logits.log_softmax(1)).sum(1).mean() + (t2v * logits.t().log_softmax(1)).sum(1).mean()) / 2
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert torch.equal(positives, fits)
+    # VTM never draws a clip a caption fits as that caption's negative video
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        neg_video, valid = sample_negatives(torch.zeros(3, 3), fits.t(), g)
+        assert neg_video[1].item() == 2 and bool(valid.all())
