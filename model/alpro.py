@@ -224,7 +224,7 @@ def rerank_scores(cosine: torch.Tensor, itm_logits: torch.Tensor, temperature: f
     The reference ranks by softmax(itm_logits)[1] alone and LAVIS by itm_logits[1] + cosine. The VTM loss sees
     only the difference of the two logits, so itm_logits[1] alone carries a shift the training never fixes,
     and a VTM that has not learnt a distinction scores it with noise. On this project's small checkpoints
-    (100 held-out videos, VTC top 16; docs/vtm_rerank.md), from VTC R@1 42 / 44: softmax alone 6 / 7, LAVIS 27 /
+    (100 held-out videos, VTC top 16; docs/learn_objectives.md), from VTC R@1 42 / 44: softmax alone 6 / 7, LAVIS 27 /
     30, this sum 44 / 47; a VTM at its prior gives a near-constant log-odds and leaves the VTC order as it is.
     """
     return cosine.float() / temperature + (itm_logits[..., 1] - itm_logits[..., 0]).float()

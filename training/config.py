@@ -74,6 +74,7 @@ class DataSection:
     # a caption's positives are every clip of the batch it fits. Colour is what VTC learns first; a caption
     # without it can only be matched by shape and motion
     synth_colourless_captions: float = 0.0
+    synth_colourless_epochs: int = 0  # colourless captions in the first this many epochs only; 0: every epoch
     # QA: > 0 draws clips from a fixed pool of this many (a clip's pixels, flip included, are the same every
     # time it recurs; its question is drawn afresh), so train.cache_video_tokens can encode each clip once
     synth_pool_clips: int = 0
@@ -181,6 +182,8 @@ class TrainConfig:
         if not 0.0 <= self.data.synth_colourless_captions <= 1.0:
             raise TrainConfigError(f"data.synth_colourless_captions must be in [0, 1], "
                                    f"got {self.data.synth_colourless_captions}")
+        if self.data.synth_colourless_epochs < 0:
+            raise TrainConfigError(f"data.synth_colourless_epochs must be >= 0, got {self.data.synth_colourless_epochs}")
         if self.data.synth_twins and self.train.batch_size % 2:
             raise TrainConfigError(f"data.synth_twins needs an even train.batch_size (pairs share a batch), "
                                    f"got {self.train.batch_size}")

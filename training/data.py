@@ -481,7 +481,10 @@ class SyntheticVideoText(KeyedDataset):
         out: dict[str, Any] = {"video": video, "key": stable_hash(spec.key), "is_image": False}
         colourless = False
         if self.data.synth_colourless_captions > 0:
-            colourless = bool(rng.random() < self.data.synth_colourless_captions)
+            share = self.data.synth_colourless_captions
+            if 0 < self.data.synth_colourless_epochs <= self._epoch:
+                share = 0.0  # past the colourless epochs: full captions (the keys stay, so batches look alike)
+            colourless = bool(rng.random() < share)
             # what the caption says (text_key) and the coarser key of the clip a colourless caption matches
             out["text_key"] = stable_hash(spec.colourless_key if colourless else spec.key)
             out["colourless_key"] = stable_hash(spec.colourless_key)

@@ -3,9 +3,10 @@ of one shape (arXiv 2112.09583 section 3.3; training/prompter.py for the crops a
 
 A crop is what PEM's teacher sees: one box of the prompter's size range (`sample_box`), everything outside it
 black, on a held-out single-shape clip that keeps its colour; of up to BOX_TRIES boxes drawn for a clip, the
-first that holds the shape whole on every sampled frame (a clip none fits is passed over). Entities are the five shapes and the forty coloured shapes ("red circle"), each ensembled
-over the prompter's video templates from the model's own text side, so any VTC-trained checkpoint can be
-probed, a `pretrain-prompter` checkpoint included (its stored prompt features are built the same way).
+first that holds the shape whole on every sampled frame (a clip none fits is passed over). Entities are the
+five shapes and the forty coloured shapes ("red circle"), each ensembled over the prompter's video templates
+from the model's own text side, so any VTC-trained checkpoint can be probed, a `pretrain-prompter`
+checkpoint included (its stored prompt features are built the same way).
 
     probe = crop_probe(model)            # {"shape_acc": ..., "coloured_acc": ..., "crops": 200, ...}
 

@@ -14,12 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
-from model import load_pretrained, normalize_frames
-from training import synth
+from model import load_pretrained
 from training.config import load_config
-from training.prompter import crop_video, pseudo_labels, sample_box
+from training.prompter_probe import crop_probe
 from training.trainer import train
 
 pytestmark = pytest.mark.slow
@@ -43,47 +41,12 @@ def prompter(tmp_path_factory) -> Path:
     return Path(result.final)
 
 
-def object_inside(obj: synth.ObjectSpec, box, size: int, times: np.ndarray) -> bool:
-    """The object's whole bounding circle stays inside the box at every sampled time."""
-    for t in times:
-        x, y, scale, _, _ = obj.state_at(float(t))
-        r = synth.BOUND_RADIUS * obj.size * scale * size
-        if not (box.x <= x * size - r and x * size + r <= box.x + box.w and box.y <= y * size - r
-                and y * size + r <= box.y + box.h):
-            return False
-    return True
-
-
 def test_prompter_pseudo_labels_name_the_cropped_shape(prompter):
-    model = load_pretrained(prompter)
-    entities = (prompter / "entities.txt").read_text().split("\n")[:-1]
-    c = model.config
-    size, times = c.img_size, np.arange(4) * 4 / 15  # uniform 4 of 16 frames, the evaluation sampling
-    rng = np.random.default_rng(2024)
-    crops, truth = [], []
-    while len(crops) < 200:
-        spec = synth.sample_spec(rng, two_object_prob=0.0)
-        obj = spec.objects[0]
-        box = sample_box(rng, size, c.vision.patch_size)
-        if obj.to_colour is not None or not object_inside(obj, box, size, times):
-            continue
-        video = normalize_frames(torch.from_numpy(synth.render_clip(spec, size, times=times)), c)
-        crops.append(crop_video(video, box, c.preprocess.mean, c.preprocess.std))
-        truth.append((obj.shape, f"{obj.colour} {obj.shape}"))
-    with torch.no_grad():
-        labels = torch.cat([pseudo_labels(model, torch.stack(crops[i:i + 50])) for i in range(0, 200, 50)])
-    shapes = [i for i, e in enumerate(entities) if " " not in e]
-    coloured = [i for i, e in enumerate(entities) if " " in e]
-    top_any = [entities[i] for i in labels.argmax(1).tolist()]
-    top_shape = [entities[shapes[i]] for i in labels[:, shapes].argmax(1).tolist()]
-    top_coloured = [entities[coloured[i]] for i in labels[:, coloured].argmax(1).tolist()]
-    first = np.mean([a in t for a, t in zip(top_any, truth)])
-    shape_acc = np.mean([a == t[0] for a, t in zip(top_shape, truth)])
-    coloured_acc = np.mean([a == t[1] for a, t in zip(top_coloured, truth)])
-    print(json.dumps({"first_is_right_entity": first, "shape_top1": shape_acc, "colour_shape_top1": coloured_acc}))
+    probe = crop_probe(load_pretrained(prompter), count=200, seed=2024)
+    print(json.dumps(probe))
     # chance: 2 of 45 entities (4.4%), 1 of 40 coloured shapes (2.5%); shape alone (1 of 5) is not asserted
-    assert first > 3 * 2 / 45
-    assert coloured_acc > 4 / 40
+    assert probe["first_is_right_entity"] > 3 * 2 / 45
+    assert probe["coloured_acc"] > 4 / 40
 
 
 def test_pretraining_with_pem_lowers_vtc_mlm_and_pem_losses(prompter, tmp_path):

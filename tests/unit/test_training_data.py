@@ -292,6 +292,12 @@ def test_colourless_captions_name_no_starting_colour_and_carry_the_keys_of_every
             assert before_shape <= set(synth.COLOURS), words
             assert item["text_key"] == item["key"] != item["colourless_key"]
     assert 20 <= colourless <= 60
+    # limited to the first epochs: from epoch 2 on every caption names its colours again
+    early = SyntheticVideoText(preset_config("tiny", img_size=64, num_frames=2),
+                               DataSection(source="synthetic", synth_epoch_clips=40, synth_colourless_captions=1.0,
+                                           synth_colourless_epochs=2), LossSection(), seed=4)
+    assert all(early[(epoch, i)]["text_colourless"] for epoch in (0, 1) for i in range(10))
+    assert not any(early[(epoch, i)]["text_colourless"] for epoch in (2, 5) for i in range(10))
     # off (the default): no extra keys, the reference's batch
     plain = SyntheticVideoText(preset_config("tiny", img_size=64, num_frames=2),
                                DataSection(source="synthetic", synth_epoch_clips=8), LossSection(), seed=4)[(0, 0)]
