@@ -230,6 +230,14 @@ def rerank_scores(cosine: torch.Tensor, itm_logits: torch.Tensor, temperature: f
     return cosine.float() / temperature + (itm_logits[..., 1] - itm_logits[..., 0]).float()
 
 
+def rerank_probability(cosine: torch.Tensor, best_cosine: float, itm_logits: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """`rerank_scores` as a number from 0 to 1 with the same order among one query's candidates:
+    sigmoid(VTM log-odds + (cosine - best_cosine) / temperature), the VTM match probability for the candidate
+    with the best cosine, lowered for the others by how far their cosine lies below it."""
+    return torch.sigmoid(rerank_scores(cosine, itm_logits, temperature) - best_cosine / temperature)
+
+
 def prompter_config(config: AlproConfig) -> AlproConfig:
     """The prompter is an ALPRO model of the same sizes trained with VTC only, holding prompt features."""
     return config.replace(num_entities=0, num_answers=0, answers=(), mlm_head=True,

@@ -285,8 +285,8 @@ class Engine(Searching, QueryVectors, Similar, Classifying, Answering):
                 out.extend(t.clone(memory_format=torch.contiguous_format) for t in tokens)
         return out
 
-    def _vtm_scores(self, query: str, video_tokens: list[torch.Tensor]) -> list[float]:
-        """VTM match probabilities, softmax(itm_logits)[1], of one query against n videos' token features."""
+    def _vtm_scores(self, query: str, video_tokens: list[torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """VTM logits (n, 2) of one query against n videos' token features, and the model's VTC temperature."""
         loaded = self._require_retrieval()
         model = loaded.model
         with torch.inference_mode():
@@ -297,7 +297,7 @@ class Engine(Searching, QueryVectors, Similar, Classifying, Answering):
             video = torch.stack([t.to(loaded.device, dtype) for t in video_tokens])  # (n, 1 + N, D)
             n = video.shape[0]
             logits = model.vtm_logits_from_tokens(video, text.expand(n, -1, -1), mask.expand(n, -1))  # (n, 2)
-        return torch.softmax(logits.float(), dim=-1)[:, 1].cpu().tolist()
+        return logits.float().cpu(), model.temperature
 
     @contextlib.asynccontextmanager
     async def _deadline(self, what: str) -> AsyncIterator[None]:

@@ -22,17 +22,19 @@ class Candidate:
     row: SegmentRow
     vtc: float  # cosine similarity
     vtm: Optional[float] = None  # VTM match probability, once re-ranked
+    reranked: Optional[float] = None  # once re-ranked: model.alpro.rerank_probability (VTC and VTM evidence)
     moments: list = field(default_factory=list)  # schemas.Moment of this video among the hits, best first
 
     @property
     def score(self) -> float:
-        """Relevance in [0, 1]: the VTM match probability where re-ranked, else (1 + cosine) / 2."""
-        return self.vtm if self.vtm is not None else (1.0 + self.vtc) / 2.0
+        """Relevance in [0, 1]: the re-ranking score where re-ranked, else (1 + cosine) / 2."""
+        return self.reranked if self.reranked is not None else (1.0 + self.vtc) / 2.0
 
     @property
     def rerank_key(self) -> tuple[float, float]:
-        # ALPRO's retrieval scores a pair by softmax(itm_logits)[1] alone; the cosine only breaks ties
-        return (self.vtm if self.vtm is not None else -1.0, self.vtc)
+        # VTC logit + VTM log-odds (docs/learn_objectives.md: the VTM probability alone, the reference's rule,
+        # scrambles the top-k wherever VTM has not learnt a distinction); the cosine breaks ties
+        return (self.reranked if self.reranked is not None else -1.0, self.vtc)
 
 
 def to_cosine(scores: np.ndarray, metric: str) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Search, the engine's half that answers POST /search: query -> text embedding (model thread) -> FAISS over
 segment vectors (over-fetched, filtered by selection) -> rows from the index version (or the metadata DB) ->
-best moment per video, with its other moments -> optionally VTM re-ranking of the top candidates by ALPRO's
-match probability, softmax(itm_logits)[1], from the index's stored tokens or from segments decoded on demand
+best moment per video, with its other moments -> optionally VTM re-ranking of the top candidates by VTC logit +
+VTM log-odds (model.alpro.rerank_scores), from the index's stored tokens or from segments decoded on demand
 (LRU cached). `Searching` is mixed into `engine.Engine`, whose state (worker, index, caches, library) it uses.
 """
 
@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from model.alpro import rerank_probability
 from model.preprocess import load_video
 from store.rows import IndexRow
 from store.snapshot import IndexSnapshot
@@ -237,14 +238,18 @@ class Searching:
             pass  # relative paths fall back to file names until the database answers again
 
     async def _rerank(self, query: str, candidates: list[Candidate], rerank_k: int, lease: IndexLease) -> int:
-        """Re-order the top `rerank_k` candidates in place by VTM match probability; returns how many were scored."""
+        """Re-order the top `rerank_k` candidates in place by VTC logit + VTM log-odds (model.alpro.rerank_scores;
+        the score shown is its 0-1 form, rerank_probability); returns how many were scored."""
         top = candidates[:rerank_k]
         tokens = await self._segment_tokens(top, lease)
         scored = [i for i, t in enumerate(tokens) if t is not None]
         if scored:
-            probs = await self.worker.run(self._vtm_scores, query, [tokens[i] for i in scored])
-            for i, prob in zip(scored, probs):
-                top[i].vtm = float(prob)
+            logits, temperature = await self.worker.run(self._vtm_scores, query, [tokens[i] for i in scored])
+            cosine = torch.tensor([top[i].vtc for i in scored], dtype=torch.float32)
+            probs = torch.softmax(logits, dim=-1)[:, 1]
+            combined = rerank_probability(cosine, float(cosine.max()), logits, temperature)
+            for i, prob, score in zip(scored, probs.tolist(), combined.tolist()):
+                top[i].vtm, top[i].reranked = float(prob), float(score)
         # candidates whose segment could not be decoded keep their order, after the re-ranked ones
         ranked = sorted((c for c in top if c.vtm is not None), key=lambda c: c.rerank_key, reverse=True)
         candidates[:rerank_k] = ranked + [c for c in top if c.vtm is None]

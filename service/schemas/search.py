@@ -116,10 +116,12 @@ class SearchHit(BaseModel):
                                "where no recorded library folder holds it)")
     name: str = Field(description="the file name")
     score: float = Field(description="relevance from 0 to 1, the key the results are ordered by: for a re-ranked "
-                         "result (`scored_by` \"vtm\") the VTM match probability, softmax(itm_logits)[1] as in "
-                         "ALPRO's retrieval; otherwise (1 + cosine similarity) / 2. Re-ranked results come first")
-    scored_by: Literal["vtc", "vtm"] = Field(description="which score `score` is: \"vtm\" re-ranked (match "
-                                             "probability), \"vtc\" embedding similarity")
+                         "result (`scored_by` \"vtm\") sigmoid(VTM log-odds + (cosine - best re-ranked cosine) / "
+                         "the model's temperature), i.e. VTC and VTM evidence together (the VTM match probability "
+                         "for the best-cosine candidate); otherwise (1 + cosine similarity) / 2. Re-ranked results "
+                         "come first")
+    scored_by: Literal["vtc", "vtm"] = Field(description="which score `score` is: \"vtm\" re-ranked (VTC "
+                                             "and VTM evidence), \"vtc\" embedding similarity")
     start: float = Field(description="moment start, seconds")
     end: float = Field(description="moment end, seconds")
     segment_index: int

@@ -8,7 +8,7 @@ let lastWhat = "";  // how the status line names the search: "" for text, else e
 let nextCursor = null;
 
 function scoreText(hit) {
-  return hit.scored_by === "vtm" ? `match ${(100 * hit.score).toFixed(0)}% · re-ranked`
+  return hit.scored_by === "vtm" ? `re-ranked ${(100 * hit.score).toFixed(0)}%`
     : `similarity ${hit.score.toFixed(2)}`;
 }
 
@@ -20,7 +20,8 @@ function card(hit) {
   const name = el("div", "name", hit.relative_path);
   name.title = hit.relative_path;
   const score = el("div", "score", scoreText(hit));
-  score.title = hit.scored_by === "vtm" ? "ALPRO's video-text match probability (VTM)"
+  score.title = hit.scored_by === "vtm"
+    ? `re-ranked by VTC and VTM together; VTM match probability ${hit.vtm_score.toFixed(3)}`
     : `(1 + cosine similarity) / 2; cosine ${hit.vtc_score.toFixed(3)}`;
   const meta = el("div", "meta");
   meta.append(name, score);

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import shutil
 from pathlib import Path
@@ -122,8 +123,9 @@ def test_search_filters(client, service_env):
     assert len(r.json()["results"]) == 4
 
 
-def test_rerank_scores_are_the_vtm_match_probability(client, service_env):
-    """ALPRO's retrieval score of a pair: softmax(itm_logits)[1]; re-ranked results are ordered by it."""
+def test_rerank_orders_by_vtc_logit_plus_vtm_log_odds_and_reports_the_match_probability(client, service_env):
+    """Re-ranked results: ordered by cosine / temperature + VTM log-odds; score is its 0-1 form against the best
+    re-ranked cosine; vtm_score is ALPRO's match probability softmax(itm_logits)[1]."""
     r = client.post("/search", json={"query": "a green square", "top_k": 4, "rerank": 3})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -135,12 +137,15 @@ def test_rerank_scores_are_the_vtm_match_probability(client, service_env):
     model = load_pretrained(service_env.retrieval)
     tok = Tokenizer.from_config(model.config)
     ids, mask = tok(["a green square"])
+    best = max(h["vtc_score"] for h in top)
     for hit in top:
-        assert hit["score"] == hit["vtm_score"]
         clip = load_video(hit["path"], model.config, window=(hit["start"], hit["end"]))
         with torch.inference_mode():
-            expected = float(torch.softmax(model.vtm_logits(clip[None], ids, mask)[0], dim=-1)[1])
-        assert hit["vtm_score"] == pytest.approx(expected, abs=1e-4)
+            logits = model.vtm_logits(clip[None], ids, mask)[0].float()
+        assert hit["vtm_score"] == pytest.approx(float(torch.softmax(logits, dim=-1)[1]), abs=1e-4)
+        log_odds = float(logits[1] - logits[0])
+        expected = 1 / (1 + math.exp(-(log_odds + (hit["vtc_score"] - best) / model.temperature)))
+        assert hit["score"] == pytest.approx(expected, abs=1e-3)
     again = client.post("/search", json={"query": "a green square", "top_k": 4, "rerank": 3}).json()
     assert [h["score"] for h in again["results"]] == pytest.approx([h["score"] for h in body["results"]])
     hits = [line for line in client.get("/metrics").text.splitlines()

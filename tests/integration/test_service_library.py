@@ -146,7 +146,7 @@ def test_search_scores_are_relevance_from_0_to_1_and_say_what_they_are(live):
                           timeout=60).json()
     assert reranked["reranked"] == 2
     top, rest = reranked["results"][:2], reranked["results"][2:]
-    assert all(h["scored_by"] == "vtm" and 0 <= h["vtm_score"] <= 1 and h["score"] == h["vtm_score"] for h in top)
+    assert all(h["scored_by"] == "vtm" and 0 <= h["vtm_score"] <= 1 and 0 <= h["score"] <= 1 for h in top)
     assert top[0]["score"] >= top[1]["score"]
     assert all(h["scored_by"] == "vtc" for h in rest)
 

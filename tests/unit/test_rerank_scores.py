@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from model.alpro import rerank_scores
@@ -62,3 +65,15 @@ def test_lavis_scoring_is_kept_for_comparison():
     scores = vtm_rerank(fake, cosine, tokens(1), torch.ones(1, 2), tokens(2), None, k=2, query_is_text=True,
                         lavis=True)
     assert torch.allclose(scores, torch.tensor([[0.9, 1.1]]))
+
+
+def test_the_0_to_1_form_keeps_the_order_and_is_the_match_probability_at_the_best_cosine():
+    from model.alpro import rerank_probability
+
+    cosine = torch.tensor([0.40, 0.35, 0.30])
+    logits = torch.tensor([[0.0, -1.0], [0.0, 2.0], [1.0, 0.5]])
+    p = rerank_probability(cosine, 0.40, logits, 0.05)
+    assert bool(((p > 0) & (p < 1)).all())
+    assert p.argsort(descending=True).tolist() == rerank_scores(cosine, logits, 0.05).argsort(descending=True).tolist()
+    assert float(p[0]) == pytest.approx(float(torch.softmax(logits[0], -1)[1]))  # the best cosine: VTM alone
+    assert float(p[1]) == pytest.approx(1 / (1 + math.exp(-(2.0 - 1.0))))  # log-odds 2, one temperature-step below

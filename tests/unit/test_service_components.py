@@ -99,9 +99,9 @@ def test_filters():
     assert passes(unknown, None) and not passes(unknown, schemas.SearchFilters(min_duration=0))
     candidate = Candidate(lib, 0.9)
     assert candidate.score == pytest.approx(0.95)  # (1 + cosine) / 2
-    candidate.vtm = 0.25  # the VTM match probability, once re-ranked
+    candidate.vtm, candidate.reranked = 0.6, 0.25  # once re-ranked: the VTM probability and the combined score
     assert candidate.score == pytest.approx(0.25)
-    assert Candidate(lib, 0.1, vtm=0.3).rerank_key > Candidate(lib, 0.9, vtm=0.2).rerank_key
+    assert Candidate(lib, 0.1, vtm=0.2, reranked=0.3).rerank_key > Candidate(lib, 0.9, vtm=0.9, reranked=0.2).rerank_key
 
 
 @pytest.mark.parametrize("prefix", ["/media/lib", "/media/lib/", "/media/lib//"])
