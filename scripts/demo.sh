@@ -19,14 +19,13 @@ RET="$DEMO_DIR/runs/retrieval"
 QA="$DEMO_DIR/runs/qa"
 DATA="$DEMO_DIR/data"
 # What --check asserts, in % over the 40 held-out captions, each searched in the whole library (top 5); a
-# result is relevant when its video has every attribute the caption names (training/relevance.py). Measured
-# once (December 2026, 400 videos, seed 0): own video first 12.5% (5 of 40), first result relevant 15% (6 of 40),
-# precision@5 14.5% (at most 29.5%: 28 of the 40 captions fit only their own video); chance is 0.25-0.4%.
-# The thresholds are about half of that: one caption is 2.5 points, so 2/3 would leave a margin of one or two
-# captions, and another run's checkpoints rank differently. They still fail a model that ranks at chance.
-MIN_OWN_FIRST=5  # at least 2 of 40
-MIN_FIRST_RELEVANT=7.5  # at least 3 of 40
-MIN_PRECISION_AT_5=7.5
+# result is relevant when its video has every attribute the caption names (training/relevance.py), since many
+# library videos fit one caption. The bars are what a user should get (issue 24): the first result relevant
+# for 80% of the captions and precision@5 70%, counted against what the top 5 can hold (most held-out captions
+# fit fewer than 5 library videos, so plain precision@5 cannot pass 29.5%; both are printed). Own video first
+# is printed, not asserted.
+MIN_FIRST_RELEVANT=80
+MIN_PRECISION_AT_5=70
 say() { printf '\n== %s\n' "$*"; }
 stage_times=()
 stage_start=$SECONDS
@@ -144,18 +143,18 @@ answers = json.load(sys.stdin)['answers']
 for a in answers:
     print(f\"  {a['answer']:<10} {a['score']:.2f}\")
 said, truth = (answers[0]['answer'] if answers else '(nothing)'), sys.argv[1]
-print(f'  the model answered {said}, which is the held-out answer' if said == truth
-      else f'  the model answered {said}; the held-out answer is {truth}')
+print(f'  right: the model answered {said}, the held-out answer' if said == truth
+      else f'  WRONG: the model answered {said}, but the right answer is {truth}')
 " "$answer"
 fi
 
 stage "every held-out caption through /search over the whole library (top 5)"
 rates_ok=1
-"$BIN/python" - "$CORPUS" "$PORT" "$MIN_OWN_FIRST" "$MIN_FIRST_RELEVANT" "$MIN_PRECISION_AT_5" <<'PY' || rates_ok=0
+"$BIN/python" - "$CORPUS" "$PORT" "$MIN_FIRST_RELEVANT" "$MIN_PRECISION_AT_5" <<'PY' || rates_ok=0
 import json, pathlib, sys, urllib.request
 from training.relevance import load_library_specs, score_searches
 root, port = pathlib.Path(sys.argv[1]), sys.argv[2]
-minimum = dict(zip(("own video first", "first result relevant", "precision@5"), map(float, sys.argv[3:6])))
+minimum = dict(zip(("first result relevant", "precision@5"), map(float, sys.argv[3:5])))
 library = load_library_specs(root)
 test = [json.loads(line) for line in (root / "annotations" / "test.jsonl").read_text().splitlines() if line.strip()]
 searches = []
@@ -167,13 +166,13 @@ for row in test:
         names = [r["name"] for r in json.load(response)["results"]]
     searches.append((caption, pathlib.Path(row["video"]).name, names))
 s = score_searches(searches, library, k=5)
-rates = {"own video first": s.own_first_rate, "first result relevant": s.first_relevant_rate,
-         "precision@5": s.precision}
+rates = {"first result relevant": s.first_relevant_rate, "precision@5": s.attainable_precision}
 print(f"{s.queries} held-out captions, {len(library)} videos in the library")
 print(f"  own video first:       {s.own_first} of {s.queries} ({100 * s.own_first_rate:.1f}%)")
 print(f"  first result relevant: {s.first_relevant} of {s.queries} ({100 * s.first_relevant_rate:.1f}%)")
-print(f"  precision@5:           {100 * s.precision:.1f}% (at most {100 * s.precision_ceiling:.1f}%: some captions "
-      "fit fewer than 5 videos of the library)")
+print(f"  precision@5:           {100 * s.attainable_precision:.1f}% of the relevant videos the top 5 can hold "
+      f"(plain precision@5 {100 * s.precision:.1f}%, at most {100 * s.precision_ceiling:.1f}%: some captions fit "
+      "fewer than 5 videos of the library)")
 # Rounded: 100 * (3 / 40) must not land a hair below a threshold of 7.5.
 low = [name for name, rate in rates.items() if round(100 * rate, 6) < minimum[name]]
 for name in low:

@@ -133,6 +133,9 @@ class SearchScores:
     first_relevant: int  # captions whose first result is relevant
     precision: float  # mean share of relevant videos among the top k
     precision_ceiling: float  # the best possible precision: some captions fit fewer than k library videos
+    # mean share of the relevant videos the top k could hold that it holds: relevant among the top k over
+    # min(k, videos the caption fits); 1.0 is possible for every caption
+    attainable_precision: float = 0.0
 
     @property
     def own_first_rate(self) -> float:
@@ -150,7 +153,7 @@ def score_searches(searches: Sequence[tuple[str, str, Sequence[str]]], library: 
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     own_first = first_relevant = 0
-    precision = ceiling = 0.0
+    precision = ceiling = attainable = 0.0
     for caption, own, names in searches:
         attributes = caption_attributes(caption)
         top = list(names[:k])
@@ -158,7 +161,10 @@ def score_searches(searches: Sequence[tuple[str, str, Sequence[str]]], library: 
         own_first += bool(top) and top[0] == own
         first_relevant += bool(relevant) and relevant[0]
         precision += sum(relevant) / k
-        ceiling += min(k, sum(satisfies(spec, attributes) for spec in library.values())) / k
+        can_hold = min(k, sum(satisfies(spec, attributes) for spec in library.values()))
+        ceiling += can_hold / k
+        attainable += sum(relevant) / can_hold if can_hold else 0.0
     n = len(searches)
     return SearchScores(queries=n, k=k, own_first=own_first, first_relevant=first_relevant,
-                        precision=precision / n if n else 0.0, precision_ceiling=ceiling / n if n else 0.0)
+                        precision=precision / n if n else 0.0, precision_ceiling=ceiling / n if n else 0.0,
+                        attainable_precision=attainable / n if n else 0.0)

@@ -119,6 +119,7 @@ def test_scores_count_own_first_relevant_first_and_precision():
     assert scores.own_first_rate == 0.5 and scores.first_relevant_rate == 1.0
     assert scores.precision == pytest.approx((2 / 5 + 1 / 5) / 2)
     assert scores.precision_ceiling == pytest.approx(2 / 5)  # two library videos fit the caption
+    assert scores.attainable_precision == pytest.approx((2 / 2 + 1 / 2) / 2)  # of the two the top 5 could hold
 
 
 def test_library_specs_are_read_from_a_corpus(tmp_path):
