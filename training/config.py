@@ -183,7 +183,8 @@ class TrainConfig:
             raise TrainConfigError(f"data.synth_colourless_captions must be in [0, 1], "
                                    f"got {self.data.synth_colourless_captions}")
         if self.data.synth_colourless_epochs < 0:
-            raise TrainConfigError(f"data.synth_colourless_epochs must be >= 0, got {self.data.synth_colourless_epochs}")
+            raise TrainConfigError(f"data.synth_colourless_epochs must be >= 0, "
+                                   f"got {self.data.synth_colourless_epochs}")
         if self.data.synth_twins and self.train.batch_size % 2:
             raise TrainConfigError(f"data.synth_twins needs an even train.batch_size (pairs share a batch), "
                                    f"got {self.train.batch_size}")
